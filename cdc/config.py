@@ -1,0 +1,248 @@
+"""Configuration: one YAML file, every key overridable from `CDC_`-prefixed environment variables.
+
+Loaded once by the CLI and passed down; nothing reads configuration at import time. Every problem
+is reported as a `ConfigError` that names the key and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cdc.errors import ConfigError
+
+ENV_PREFIX = "CDC_"
+ENV_CONFIG_PATH = "CDC_CONFIG"
+# pgvector's HNSW index accepts at most this many dimensions per element type.
+HNSW_MAX_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
+_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    dsn: str
+    slot: str = "wal2vec"
+    publication: str = "wal2vec"
+    plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
+
+    @field_validator("slot")
+    @classmethod
+    def _slot_name(cls, value: str) -> str:
+        if not _SLOT_NAME.match(value):
+            raise ValueError("slot names are 1-63 characters of lower-case letters, digits and _")
+        return value
+
+
+class SinkConfig(_Strict):
+    dsn: str | None = None
+    schema_: str = Field("public", alias="schema")
+    table: str = "cdc_embeddings"
+    vector_type: Literal["vector", "halfvec"] = "vector"
+
+
+class EmbeddingConfig(_Strict):
+    provider: Literal["openai", "local"] = "openai"
+    model: str = "text-embedding-3-small"
+    dimensions: int = Field(1536, ge=1, le=16000)
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    batch_size: int = Field(2048, ge=1, le=2048)
+    timeout: float = Field(60.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    # Characters of content per chunk: a conservative stand-in for the model's token limit.
+    max_chunk_chars: int = Field(24000, ge=100)
+
+
+class TableConfig(_Strict):
+    table: str
+    columns: list[str] = Field(min_length=1)
+    metadata: list[str] = []
+    target: str | None = None
+
+    @field_validator("table")
+    @classmethod
+    def _qualified(cls, value: str) -> str:
+        schema, _, name = value.partition(".")
+        if not name:
+            return f"public.{value}"
+        if not schema:
+            raise ValueError("write the table as schema.table, e.g. public.articles")
+        return value
+
+    @property
+    def schema_name(self) -> str:
+        return self.table.partition(".")[0]
+
+    @property
+    def table_name(self) -> str:
+        return self.table.partition(".")[2]
+
+
+class BufferConfig(_Strict):
+    max_rows: int = Field(20000, ge=1)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # The longest a change waits for company before it is flushed, in seconds.
+    max_age: float = Field(0.2, ge=0)
+
+
+class MetricsConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    """The whole configuration, validated."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    source: SourceConfig
+    sink: SinkConfig = SinkConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    tables: list[TableConfig] = Field(min_length=1)
+    buffer: BufferConfig = BufferConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @property
+    def sink_dsn(self) -> str:
+        return self.sink.dsn or self.source.dsn
+
+    def target_of(self, table: TableConfig) -> tuple[str, str]:
+        """The (schema, table) of the sink table that holds `table`'s vectors."""
+        target = table.target or self.sink.table
+        schema, _, name = target.partition(".")
+        return (schema, name) if name else (self.sink.schema_, target)
+
+    def sink_tables(self) -> list[tuple[str, str]]:
+        """Every distinct sink table, in configuration order."""
+        return list(dict.fromkeys(self.target_of(t) for t in self.tables))
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate the configuration; raise `ConfigError` naming what is wrong."""
+    env = os.environ if environ is None else environ
+    path = path or env.get(ENV_CONFIG_PATH)
+    if not path:
+        raise ConfigError("no configuration: pass --config PATH or set CDC_CONFIG")
+    data = _read_yaml(Path(path))
+    _check_env_keys(env)
+    try:
+        settings = Settings(**data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, Path(path))) from None
+    _check_consistency(settings)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys: source, sink, embedding, tables")
+    return data
+
+
+def _check_env_keys(env: Mapping[str, str]) -> None:
+    """Environment overrides must name real keys too: a typo must not be silently ignored."""
+    for name in env:
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if not _is_known_path(Settings, path):
+            raise ConfigError(
+                f"unknown configuration key in environment variable {name}: "
+                f"{'.'.join(path)} is not a wal2vec setting"
+            )
+
+
+def _is_known_path(model: type[BaseModel], path: list[str]) -> bool:
+    if not path:
+        return True
+    fields = {(f.alias or n).lower(): f for n, f in model.model_fields.items()}
+    field = fields.get(path[0])
+    if field is None:
+        return False
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _is_known_path(annotation, path[1:])
+    # Lists (tables) are overridden as a whole JSON value; leaves end the path.
+    return len(path) == 1
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    lines = [f"invalid configuration in {path}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; remove it or check its spelling")
+        elif item["type"] == "missing":
+            lines.append(f"  {key}: required; add it")
+        else:
+            lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _check_consistency(settings: Settings) -> None:
+    limit = HNSW_MAX_DIMENSIONS[settings.sink.vector_type]
+    if settings.embedding.dimensions > limit:
+        raise ConfigError(
+            f"embedding.dimensions is {settings.embedding.dimensions}, but an HNSW index on "
+            f"{settings.sink.vector_type} holds at most {limit}: lower the dimensions or set "
+            "sink.vector_type: halfvec (up to 4000)"
+        )
+    seen: set[str] = set()
+    for index, table in enumerate(settings.tables):
+        if table.table in seen:
+            raise ConfigError(f"tables.{index}.table: {table.table} is configured twice")
+        seen.add(table.table)
+        if len(set(table.columns)) != len(table.columns):
+            raise ConfigError(f"tables.{index}.columns: a column is listed twice")
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, fit for logs and error messages."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn)
