@@ -6,6 +6,7 @@ is reported as a `ConfigError` that names the key and says what to do.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.errors import ConfigError
 
@@ -121,18 +122,6 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's values arrive as init arguments; the environment overrides them.
-        return (env_settings, init_settings)
-
     @property
     def sink_dsn(self) -> str:
         return self.sink.dsn or self.source.dsn
@@ -149,19 +138,56 @@ class Settings(BaseSettings):
 
 
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, merge and validate the configuration; raise `ConfigError` naming what is wrong."""
+    """Read the file, apply `CDC_` environment overrides, validate; `ConfigError` names the key."""
     env = os.environ if environ is None else environ
     path = path or env.get(ENV_CONFIG_PATH)
     if not path:
         raise ConfigError("no configuration: pass --config PATH or set CDC_CONFIG")
     data = _read_yaml(Path(path))
-    _check_env_keys(env)
+    _deep_merge(data, _env_overrides(env))
     try:
-        settings = Settings(**data)
+        # Validation only: the sources were merged above, from the mapping we were given.
+        settings = Settings.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_describe(error, Path(path))) from None
     _check_consistency(settings)
     return settings
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """`CDC_SOURCE__DSN=x` -> {"source": {"dsn": "x"}}; lists and mappings are given as JSON."""
+    overrides: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if not _is_known_path(Settings, path):
+            raise ConfigError(
+                f"unknown configuration key in environment variable {name}: "
+                f"{'.'.join(path)} is not a wal2vec setting"
+            )
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _env_value(name, value)
+    return overrides
+
+
+def _env_value(name: str, value: str) -> Any:
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{name} looks like JSON but is not valid: {error}") from None
+    return value
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -178,19 +204,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of keys: source, sink, embedding, tables")
     return data
-
-
-def _check_env_keys(env: Mapping[str, str]) -> None:
-    """Environment overrides must name real keys too: a typo must not be silently ignored."""
-    for name in env:
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        if not _is_known_path(Settings, path):
-            raise ConfigError(
-                f"unknown configuration key in environment variable {name}: "
-                f"{'.'.join(path)} is not a wal2vec setting"
-            )
 
 
 def _is_known_path(model: type[BaseModel], path: list[str]) -> bool:

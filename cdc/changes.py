@@ -1,0 +1,169 @@
+"""Row changes as the rest of the pipeline sees them, and the projection that makes them.
+
+A decoded pgoutput tuple holds every published column; a `TableShape` picks out the key, the
+content and the metadata columns of a configured table, so that a `RowChange` carries only what
+embedding and the sink need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from cdc.config import TableConfig
+from cdc.content import render_source_id
+from cdc.errors import ConfigError
+from cdc.pgoutput import UNCHANGED_TOAST, Relation, Row, Value
+
+ChangeOp = Literal["insert", "update", "delete"]
+# What it costs to hold a change in memory beyond its values, roughly (objects, tuples, keys).
+CHANGE_OVERHEAD_BYTES = 240
+
+
+@dataclass(frozen=True, slots=True)
+class TableShape:
+    """Where a configured table's key, content and metadata columns sit in a decoded row."""
+
+    table: str
+    key_names: tuple[str, ...]
+    key_positions: tuple[int, ...]
+    content_names: tuple[str, ...]
+    content_positions: tuple[int, ...]
+    metadata_names: tuple[str, ...]
+    metadata_positions: tuple[int, ...]
+
+    def key_of(self, row: Row) -> tuple[str, ...]:
+        values = tuple(row[i] for i in self.key_positions)
+        if any(not isinstance(value, str) for value in values):
+            raise ConfigError(f"{self.table}: a change arrived without its key values")
+        return values  # type: ignore[return-value]
+
+    def content_of(self, row: Row) -> tuple[Value, ...]:
+        return tuple(row[i] for i in self.content_positions)
+
+    def metadata_of(self, row: Row) -> tuple[Value, ...]:
+        return tuple(row[i] for i in self.metadata_positions)
+
+
+@dataclass(slots=True)
+class RowChange:
+    """The latest known state of one source row: to be embedded (`upsert`) or removed (`delete`).
+
+    `content` and `metadata` may hold UNCHANGED_TOAST where the server did not resend a value;
+    those are filled from an earlier change of the same row or fetched from the source.
+    """
+
+    table: str
+    source_id: str
+    key: tuple[str, ...]
+    op: ChangeOp
+    content: tuple[Value, ...] | None
+    metadata: tuple[Value, ...] | None
+    commit_lsn: int
+    commit_time: int
+
+    @property
+    def is_delete(self) -> bool:
+        return self.op == "delete"
+
+    def size(self) -> int:
+        total = CHANGE_OVERHEAD_BYTES + len(self.source_id)
+        for values in (self.content, self.metadata):
+            if values:
+                total += sum(len(v) for v in values if isinstance(v, str))
+        return total
+
+    def has_unchanged_toast(self) -> bool:
+        return any(
+            value is UNCHANGED_TOAST
+            for values in (self.content, self.metadata)
+            if values
+            for value in values
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TableTruncate:
+    """Every row of `table` is gone."""
+
+    table: str
+    commit_lsn: int
+    commit_time: int
+
+
+Change = RowChange | TableTruncate
+
+
+@dataclass(slots=True)
+class Transaction:
+    """A committed source transaction, reduced to the changes of configured tables."""
+
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_time: int
+    changes: list[Change]
+
+
+def shape_for(relation: Relation, table: TableConfig) -> TableShape:
+    """Project `relation` onto `table`'s configuration, or explain what does not match."""
+    positions = {column.name: index for index, column in enumerate(relation.columns)}
+    key = [(c.name, i) for i, c in enumerate(relation.columns) if c.is_key]
+    if not key:
+        raise ConfigError(
+            f"{table.table} has no primary key or replica identity index in the stream: "
+            "add a primary key (or ALTER TABLE ... REPLICA IDENTITY USING INDEX ...)"
+        )
+    return TableShape(
+        table=table.table,
+        key_names=tuple(name for name, _ in key),
+        key_positions=tuple(index for _, index in key),
+        content_names=tuple(table.columns),
+        content_positions=_positions(table, table.columns, positions, "columns"),
+        metadata_names=tuple(table.metadata),
+        metadata_positions=_positions(table, table.metadata, positions, "metadata"),
+    )
+
+
+def _positions(
+    table: TableConfig, names: Sequence[str], positions: dict[str, int], key: str
+) -> tuple[int, ...]:
+    missing = [name for name in names if name not in positions]
+    if missing:
+        raise ConfigError(
+            f"{table.table}: {key} {missing} are not in the replicated row; check the column "
+            "names, and that the publication includes them (run `cdc setup`)"
+        )
+    return tuple(positions[name] for name in names)
+
+
+def upsert_change(
+    shape: TableShape, row: Row, op: ChangeOp, commit_lsn: int, commit_time: int
+) -> RowChange:
+    key = shape.key_of(row)
+    return RowChange(
+        table=shape.table,
+        source_id=render_source_id(key),
+        key=key,
+        op=op,
+        content=shape.content_of(row),
+        metadata=shape.metadata_of(row),
+        commit_lsn=commit_lsn,
+        commit_time=commit_time,
+    )
+
+
+def delete_change(
+    shape: TableShape, key: tuple[str, ...], commit_lsn: int, commit_time: int
+) -> RowChange:
+    return RowChange(
+        table=shape.table,
+        source_id=render_source_id(key),
+        key=key,
+        op="delete",
+        content=None,
+        metadata=None,
+        commit_lsn=commit_lsn,
+        commit_time=commit_time,
+    )

@@ -1,0 +1,100 @@
+"""Deciding what a batch costs: which chunks need embedding, which only need metadata, which go.
+
+Pure. The content hash (with the model) decides whether a chunk is embedded at all: an update
+that leaves a row's content alone costs no API call.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc.content import Chunk, make_chunks
+
+SourceKey = tuple[str, str]  # (source_table, source_id)
+Metadata = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    content_hash: str
+    model: str
+    metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True)
+class RowState:
+    """A source row's current state: its content ("" when it has none) or its deletion."""
+
+    source_table: str
+    source_id: str
+    content: str
+    metadata: Metadata
+    lsn: int | None  # commit LSN of the change; None for snapshot reads
+    deleted: bool = False
+
+    @property
+    def key(self) -> SourceKey:
+        return (self.source_table, self.source_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWork:
+    row: RowState
+    chunk: Chunk
+
+
+@dataclass(slots=True)
+class WritePlan:
+    to_embed: list[ChunkWork] = field(default_factory=list)
+    metadata_only: list[ChunkWork] = field(default_factory=list)
+    # Rows whose vectors all go (deleted, or content now empty).
+    remove: list[RowState] = field(default_factory=list)
+    # Rows that keep their first `n` chunks and lose the rest (content shrank).
+    trim: list[tuple[RowState, int]] = field(default_factory=list)
+    # Rows not embedded, per source table: content unchanged, or content empty.
+    unchanged: Counter[str] = field(default_factory=Counter)
+    empty: Counter[str] = field(default_factory=Counter)
+
+
+def plan_writes(
+    rows: Iterable[RowState],
+    stored: Mapping[SourceKey, Mapping[int, StoredChunk]],
+    model: str,
+    max_chunk_chars: int,
+) -> WritePlan:
+    plan = WritePlan()
+    for row in rows:
+        existing = stored.get(row.key, {})
+        if row.deleted or not row.content:
+            if not row.deleted:
+                plan.empty[row.source_table] += 1
+            if existing or row.deleted:
+                plan.remove.append(row)
+            continue
+        _plan_row(plan, row, make_chunks(row.content, max_chunk_chars), existing, model)
+    return plan
+
+
+def _plan_row(
+    plan: WritePlan,
+    row: RowState,
+    chunks: list[Chunk],
+    existing: Mapping[int, StoredChunk],
+    model: str,
+) -> None:
+    changed = False
+    for chunk in chunks:
+        stored = existing.get(chunk.number)
+        work = ChunkWork(row, chunk)
+        if stored is None or stored.content_hash != chunk.hash or stored.model != model:
+            plan.to_embed.append(work)
+            changed = True
+        elif stored.metadata != row.metadata:
+            plan.metadata_only.append(work)
+    if any(number >= len(chunks) for number in existing):
+        plan.trim.append((row, len(chunks)))
+    if not changed:
+        plan.unchanged[row.source_table] += 1

@@ -1,0 +1,76 @@
+"""Configuration: YAML plus CDC_ environment overrides; errors name the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc.config import load_config, redact_dsn
+from cdc.errors import ConfigError
+
+BASE = """
+source:
+  dsn: postgresql://cdc:pw@db:5432/app
+tables:
+  - table: public.articles
+    columns: [title, body]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wal2vec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_environment_overrides(tmp_path: Path) -> None:
+    settings = load_config(
+        write(tmp_path, BASE),
+        {"CDC_SOURCE__SLOT": "other", "CDC_EMBEDDING__API_KEY": "sk-env"},
+    )
+    assert settings.source.slot == "other"
+    assert settings.embedding.api_key is not None
+    assert settings.embedding.api_key.get_secret_value() == "sk-env"
+    assert "sk-env" not in repr(settings)
+    assert settings.sink_dsn == settings.source.dsn
+    assert settings.target_of(settings.tables[0]) == ("public", "cdc_embeddings")
+
+
+def test_unknown_key_in_the_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"source\.dsnn: unknown key"):
+        load_config(write(tmp_path, BASE.replace("dsn:", "dsnn:")), {})
+
+
+def test_unknown_key_in_the_environment_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CDC_SOURCE__SLOTT"):
+        load_config(write(tmp_path, BASE), {"CDC_SOURCE__SLOTT": "x"})
+
+
+def test_missing_required_key_and_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"source: required"):
+        load_config(write(tmp_path, "tables: []\n"), {})
+    with pytest.raises(ConfigError, match=r"embedding\.dimensions"):
+        load_config(write(tmp_path, BASE + "embedding:\n  dimensions: 0\n"), {})
+    with pytest.raises(ConfigError, match="halfvec"):
+        load_config(write(tmp_path, BASE + "embedding:\n  dimensions: 3072\n"), {})
+    with pytest.raises(ConfigError, match="slot"):
+        load_config(write(tmp_path, BASE), {"CDC_SOURCE__SLOT": "Bad-Name"})
+
+
+def test_unqualified_table_means_public(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, BASE.replace("public.articles", "articles")), {})
+    assert settings.tables[0].table == "public.articles"
+
+
+def test_missing_file_and_no_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml", {})
+    with pytest.raises(ConfigError, match="--config"):
+        load_config(None, {})
+
+
+def test_redact_dsn_hides_passwords() -> None:
+    assert redact_dsn("postgresql://cdc:secret@db/app") == "postgresql://cdc:***@db/app"
+    assert "secret" not in redact_dsn("host=db password=secret dbname=app")
+    assert redact_dsn("postgresql://cdc@db/app") == "postgresql://cdc@db/app"

@@ -1,0 +1,42 @@
+"""The content rule of interface.md: columns joined by a blank line, hashing, keys, chunks."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cdc.content import content_hash, make_chunks, render_content, render_source_id, split_content
+
+
+def test_columns_join_with_a_blank_line_skipping_null_and_empty() -> None:
+    assert render_content(["Title", None, "", "Body"]) == "Title\n\nBody"
+    assert render_content([None, ""]) == ""
+
+
+def test_hash_is_sha256_hex_of_utf8() -> None:
+    text = "سلام 你好 🎉"
+    assert content_hash(text) == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_source_id_single_and_composite() -> None:
+    assert render_source_id(["42"]) == "42"
+    assert render_source_id(["en", "42"]) == '["en", "42"]'
+    assert render_source_id(["fa", "سلام"]) == '["fa", "سلام"]'
+
+
+def test_short_content_is_one_chunk_numbered_zero() -> None:
+    [chunk] = make_chunks("short", 100)
+    assert (chunk.number, chunk.text, chunk.hash) == (0, "short", content_hash("short"))
+    assert make_chunks("", 100) == []
+
+
+def test_long_content_splits_at_boundaries_and_loses_nothing() -> None:
+    text = "\n\n".join(f"paragraph {i} " + "word " * 30 for i in range(20))
+    pieces = split_content(text, 400)
+    assert len(pieces) > 1
+    assert "".join(pieces) == text
+    assert all(len(piece) <= 400 for piece in pieces)
+    assert all(piece.endswith(("\n\n", " ")) for piece in pieces[:-1])
+
+
+def test_text_without_boundaries_is_cut_hard() -> None:
+    assert split_content("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]

@@ -1,0 +1,212 @@
+"""Transaction assembly: plain and streamed transactions, aborts, savepoints, key changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdc.changes import RowChange, TableTruncate
+from cdc.config import TableConfig
+from cdc.errors import ConfigError, ProtocolError
+from cdc.pgoutput import (
+    UNCHANGED_TOAST,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Relation,
+    RelationColumn,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    Update,
+)
+from cdc.transactions import TransactionAssembler
+
+ARTICLES = TableConfig(table="public.articles", columns=["title", "body"], metadata=["author_id"])
+RELATION = Relation(
+    xid=None,
+    relation_id=16384,
+    namespace="public",
+    name="articles",
+    replica_identity="d",
+    columns=(
+        RelationColumn("id", 20, -1, True),
+        RelationColumn("title", 25, -1, False),
+        RelationColumn("body", 25, -1, False),
+        RelationColumn("author_id", 23, -1, False),
+    ),
+)
+OTHER = Relation(None, 99, "public", "unrelated", "d", (RelationColumn("id", 23, -1, True),))
+
+
+def assembler() -> TransactionAssembler:
+    a = TransactionAssembler({"public.articles": ARTICLES})
+    a.feed(RELATION)
+    a.feed(OTHER)
+    return a
+
+
+def row(id_: str, title: str | None = "t", body: object = "b", author: str | None = "7"):
+    return (id_, title, body, author)
+
+
+def test_plain_transaction_yields_changes_at_commit_with_its_lsns() -> None:
+    a = assembler()
+    assert a.feed(Begin(final_lsn=500, commit_time=10, xid=7)) is None
+    assert a.feed(Insert(None, 16384, row("1"))) is None
+    assert not a.idle
+    txn = a.feed(Commit(0, commit_lsn=500, end_lsn=560, commit_time=10))
+    assert txn is not None and a.idle
+    assert (txn.xid, txn.commit_lsn, txn.end_lsn) == (7, 500, 560)
+    [change] = txn.changes
+    assert isinstance(change, RowChange)
+    assert (change.source_id, change.op, change.content, change.metadata) == (
+        "1",
+        "insert",
+        ("t", "b"),
+        ("7",),
+    )
+    assert change.commit_lsn == 500
+
+
+def test_changes_of_unconfigured_tables_are_dropped() -> None:
+    a = assembler()
+    a.feed(Begin(1, 1, 1))
+    a.feed(Insert(None, 99, ("5",)))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None and txn.changes == []
+
+
+def test_primary_key_change_becomes_delete_of_old_key_and_upsert_of_new() -> None:
+    a = assembler()
+    a.feed(Begin(1, 1, 1))
+    a.feed(Update(None, 16384, old=("1", None, None, None), old_kind="K", new=row("2")))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None
+    assert [(c.op, c.source_id) for c in txn.changes if isinstance(c, RowChange)] == [
+        ("delete", "1"),
+        ("update", "2"),
+    ]
+
+
+def test_update_with_full_old_row_and_same_key_is_one_update() -> None:
+    a = assembler()
+    a.feed(Begin(1, 1, 1))
+    a.feed(Update(None, 16384, old=row("1", "old"), old_kind="O", new=row("1", "new")))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None and [c.op for c in txn.changes if isinstance(c, RowChange)] == ["update"]
+
+
+def test_unchanged_toast_is_kept_as_a_marker() -> None:
+    a = assembler()
+    a.feed(Begin(1, 1, 1))
+    a.feed(Update(None, 16384, None, None, row("1", "new title", UNCHANGED_TOAST)))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None
+    change = txn.changes[0]
+    assert isinstance(change, RowChange) and change.content == ("new title", UNCHANGED_TOAST)
+    assert change.has_unchanged_toast()
+
+
+def test_delete_and_truncate() -> None:
+    a = assembler()
+    a.feed(Begin(1, 1, 1))
+    a.feed(Delete(None, 16384, ("3", None, None, None), "K"))
+    a.feed(Truncate(None, (16384, 99), cascade=False, restart_identity=False))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None
+    delete, truncate = txn.changes
+    assert isinstance(delete, RowChange) and delete.op == "delete" and delete.source_id == "3"
+    assert isinstance(truncate, TableTruncate) and truncate.table == "public.articles"
+
+
+def test_streamed_transaction_commits_with_changes_from_all_its_blocks() -> None:
+    a = assembler()
+    a.feed(StreamStart(xid=900, first_segment=True))
+    a.feed(Insert(900, 16384, row("1")))
+    a.feed(StreamStop())
+    a.feed(StreamStart(xid=900, first_segment=False))
+    a.feed(Insert(900, 16384, row("2")))
+    a.feed(StreamStop())
+    assert not a.idle
+    txn = a.feed(StreamCommit(900, 0, commit_lsn=700, end_lsn=760, commit_time=5))
+    assert txn is not None and a.idle
+    assert [c.source_id for c in txn.changes if isinstance(c, RowChange)] == ["1", "2"]
+
+
+def test_aborted_streamed_transaction_vanishes() -> None:
+    a = assembler()
+    a.feed(StreamStart(900, True))
+    a.feed(Insert(900, 16384, row("1")))
+    a.feed(StreamStop())
+    a.feed(StreamAbort(900, 900, None, None))
+    assert a.idle
+
+
+def test_rolled_back_savepoint_in_a_streamed_transaction_drops_only_its_changes() -> None:
+    a = assembler()
+    a.feed(StreamStart(900, True))
+    a.feed(Insert(900, 16384, row("1")))
+    a.feed(Insert(901, 16384, row("2")))  # inside a savepoint: the subtransaction's xid
+    a.feed(StreamStop())
+    a.feed(StreamAbort(900, 901, None, None))
+    txn = a.feed(StreamCommit(900, 0, 10, 20, 1))
+    assert txn is not None
+    assert [c.source_id for c in txn.changes if isinstance(c, RowChange)] == ["1"]
+
+
+def test_interleaved_streamed_transactions_stay_apart() -> None:
+    a = assembler()
+    a.feed(StreamStart(1, True))
+    a.feed(Insert(1, 16384, row("a")))
+    a.feed(StreamStop())
+    a.feed(StreamStart(2, True))
+    a.feed(Insert(2, 16384, row("b")))
+    a.feed(StreamStop())
+    second = a.feed(StreamCommit(2, 0, 10, 20, 1))
+    first = a.feed(StreamCommit(1, 0, 30, 40, 1))
+    assert second is not None and first is not None
+    assert [c.source_id for c in second.changes if isinstance(c, RowChange)] == ["b"]
+    assert [c.source_id for c in first.changes if isinstance(c, RowChange)] == ["a"]
+
+
+def test_change_without_relation_or_transaction_is_a_protocol_error() -> None:
+    a = TransactionAssembler({"public.articles": ARTICLES})
+    a.feed(Begin(1, 1, 1))
+    with pytest.raises(ProtocolError, match="before its Relation"):
+        a.feed(Insert(None, 16384, row("1")))
+    with pytest.raises(ProtocolError, match="outside any transaction"):
+        assembler().feed(Insert(None, 16384, row("1")))
+
+
+def test_relation_missing_a_configured_column_names_it() -> None:
+    a = TransactionAssembler(
+        {"public.articles": TableConfig(table="public.articles", columns=["summary"])}
+    )
+    with pytest.raises(ConfigError, match="summary"):
+        a.feed(RELATION)
+
+
+def test_composite_key_renders_as_json_array() -> None:
+    relation = Relation(
+        None,
+        5,
+        "public",
+        "docs",
+        "d",
+        (
+            RelationColumn("lang", 25, -1, True),
+            RelationColumn("id", 23, -1, True),
+            RelationColumn("body", 25, -1, False),
+        ),
+    )
+    a = TransactionAssembler({"public.docs": TableConfig(table="public.docs", columns=["body"])})
+    a.feed(relation)
+    a.feed(Begin(1, 1, 1))
+    a.feed(Insert(None, 5, ("en", "42", "hello")))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None
+    change = txn.changes[0]
+    assert isinstance(change, RowChange) and change.source_id == '["en", "42"]'
