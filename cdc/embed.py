@@ -3,7 +3,8 @@
 `EmbeddingProvider` is what the rest of wal2vec talks to. `OpenAIProvider` speaks to any
 OpenAI-compatible `/embeddings` endpoint (OpenAI, Azure, vLLM, TEI, Ollama...) through the official
 `openai` client with its own retries turned off: we run our own loop so every HTTP attempt reaches
-the metrics callback and the backoff is exactly `RetryPolicy`'s.
+the metrics callback and the backoff is exactly `RetryPolicy`'s. Inputs are cut into requests
+within the API's limits on inputs and (estimated) tokens per request.
 
 What can go wrong, and what the caller sees:
 
@@ -43,8 +44,10 @@ logger = logging.getLogger(__name__)
 
 Vector = npt.NDArray[np.float32]
 
-# The OpenAI API refuses more inputs than this in one request.
+# The OpenAI API refuses more inputs than this in one request...
 MAX_BATCH_INPUTS = 2048
+# ...and more tokens than this, summed over the inputs.
+MAX_BATCH_TOKENS = 300_000
 # A server asking us to wait longer than the backoff cap is still obeyed, up to this.
 RETRY_AFTER_HARD_CAP = 120.0
 # Sent when the endpoint is local and needs no key: the client insists on having one.
@@ -141,6 +144,33 @@ def _parse_float(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def estimate_tokens(text: str) -> int:
+    """A generous token count for `text` without a tokenizer: ceil(UTF-8 bytes / 2).
+
+    OpenAI's tokenizers average about 4 bytes a token on prose, so this over-counts twice over;
+    it only decides where requests are cut, and the usage the service reports is what counts.
+    """
+    return max(1, -(-len(text.encode("utf-8")) // 2))
+
+
+def plan_requests(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list[range]:
+    """Cut texts into consecutive requests within both limits (by `estimate_tokens`).
+
+    A single text over `max_tokens` still gets a request of its own: the service decides.
+    """
+    spans: list[range] = []
+    start, tokens = 0, 0
+    for index, text in enumerate(texts):
+        cost = estimate_tokens(text)
+        if index > start and (index - start >= max_inputs or tokens + cost > max_tokens):
+            spans.append(range(start, index))
+            start, tokens = index, 0
+        tokens += cost
+    if start < len(texts):
+        spans.append(range(start, len(texts)))
+    return spans
+
+
 def decode_embedding(raw: object) -> Vector:
     """One embedding from the wire: base64 little-endian float32 in bulk, or a JSON float list."""
     if isinstance(raw, str):
@@ -176,6 +206,7 @@ class OpenAIProvider:
         api_key: str | None,
         base_url: str | None,
         max_batch_inputs: int = MAX_BATCH_INPUTS,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
         timeout: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
         send_dimensions: bool | None = None,
@@ -186,11 +217,16 @@ class OpenAIProvider:
                 f"embedding.batch_size must be between 1 and {MAX_BATCH_INPUTS}, "
                 f"not {max_batch_inputs}"
             )
+        if max_batch_tokens < 1:
+            raise ConfigError(
+                f"the token limit per request must be positive, not {max_batch_tokens}"
+            )
         if dimensions < 1:
             raise ConfigError(f"embedding.dimensions must be positive, not {dimensions}")
         self.model = model
         self.dimensions = dimensions
         self._max_batch = max_batch_inputs
+        self._max_tokens = max_batch_tokens
         self._retry = retry
         self._on_request = on_request
         if send_dimensions is None:
@@ -217,9 +253,8 @@ class OpenAIProvider:
     async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
         batch = list(texts)
         tally = _Tally(vectors=[None] * len(batch))
-        for start in range(0, len(batch), self._max_batch):
-            end = min(start + self._max_batch, len(batch))
-            await self._embed_range(batch, start, end, tally, known_bad=False)
+        for span in plan_requests(batch, self._max_batch, self._max_tokens):
+            await self._embed_range(batch, span.start, span.stop, tally, known_bad=False)
         return EmbeddingResult(
             vectors=tally.vectors, errors=tally.errors, tokens=tally.tokens, requests=tally.requests
         )
