@@ -1,0 +1,577 @@
+"""A small OpenAI-compatible embeddings server for tests and benchmarks.
+
+It answers `POST /v1/embeddings` (and `/embeddings`) over real HTTP/1.1 on 127.0.0.1 with the
+OpenAI response shape, so the real `openai` client talks to it unchanged. Failures are injected
+from the test while it runs (`fail_next`, `reject_inputs_containing`, `latency`, `max_inputs`,
+`max_tokens`, `wrong_dimensions`, `reverse_order`) and everything it received is observable
+(`requests`, `connections`, `inputs`, `request_log`, `violations`).
+
+Embeddings are deterministic and meaningful: a normalized signed bag-of-words hashing vector, so
+texts sharing words are close in cosine distance, plus a tiny per-text term so distinct texts
+never collide. `embed_text` gives exactly the vector the server sends.
+
+Token counts are *estimated* by `estimate_tokens`: ceil(UTF-8 bytes / 2), a generous upper
+bound for English under OpenAI's tokenizers (about 4 bytes a token), so a client that stays
+under `max_tokens` by this count stays under the real limit too.
+
+In-process::
+
+    with FakeOpenAIServer(dimensions=8) as server:
+        client = openai.AsyncOpenAI(base_url=server.url, api_key="test")
+
+As a process (prints its base URL, serves until interrupted)::
+
+    python -m tests.fakes.openai_server --port 8080 --dimensions 384 --latency 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import re
+import signal
+import socket
+import sys
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+DEFAULT_DIMENSIONS = 1536
+DEFAULT_MAX_INPUTS = 2048
+DEFAULT_MAX_TOKENS = 300_000
+
+_WORD = re.compile(r"\w+")
+# Weight of the per-text term: small enough that shared words dominate cosine distance.
+_UNIQUE_WEIGHT = 0.05
+
+
+def estimate_tokens(text: str) -> int:
+    """The server's token count for one input: ceil(UTF-8 bytes / 2), at least 1."""
+    return max(1, math.ceil(len(text.encode("utf-8")) / 2))
+
+
+def embed_vector(text: str, dimensions: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """The server's embedding of `text` as little-endian float32, unit length."""
+    vector = np.zeros(dimensions, dtype=np.float64)
+    for word in _WORD.findall(text.lower()):
+        digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
+        bucket = int.from_bytes(digest[:4], "little") % dimensions
+        vector[bucket] += 1.0 if digest[4] & 1 else -1.0
+    # A few buckets chosen by the whole text's sha256 tell apart texts with the same words,
+    # and give word-less texts ("!!!", "") a vector at all.
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    for offset in range(0, 32, 4):
+        chunk = int.from_bytes(digest[offset : offset + 4], "little")
+        vector[chunk % dimensions] += _UNIQUE_WEIGHT if chunk & 1 << 31 else -_UNIQUE_WEIGHT
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        # The per-text terms cancelled out; any fixed unit vector will do.
+        vector[0], norm = 1.0, 1.0
+    return (vector / norm).astype("<f4")
+
+
+def embed_text(text: str, dimensions: int) -> list[float]:
+    """Exactly the vector the server answers for `text` (float32 values as Python floats)."""
+    return [float(x) for x in embed_vector(text, dimensions)]
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """What one request to /embeddings carried and how it was answered."""
+
+    inputs: int
+    status: int
+    model: str | None = None
+    dimensions: int | None = None
+    encoding_format: str | None = None
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _Failure:
+    status: int
+    retry_after: float | None
+    retry_after_ms: float | None
+
+
+class _BadRequestError(Exception):
+    """Answer 400 with an OpenAI-style error body."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class FakeOpenAIServer:
+    """The fake endpoint on a background thread; `url` is the client's `base_url`.
+
+    All controls and observables are safe to use from the test thread while it serves.
+    """
+
+    def __init__(
+        self,
+        *,
+        dimensions: int = DEFAULT_DIMENSIONS,
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.default_dimensions = dimensions
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._latency = latency
+        self._max_inputs = DEFAULT_MAX_INPUTS
+        self._max_tokens = DEFAULT_MAX_TOKENS
+        self._wrong_dimensions: int | None = None
+        self._reverse_order = False
+        self._markers: list[str] = []
+        self._failures: deque[_Failure] = deque()
+        self._requests = 0
+        self._connections = 0
+        self._inputs: list[str] = []
+        self._log: list[LoggedRequest] = []
+        self._violations: list[str] = []
+        self._httpd = _Server((host, port), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> FakeOpenAIServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop kept-alive connections, and join every thread."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.close_connections()
+        self._httpd.server_close()  # joins the handler threads
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- controls -------------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        count: int,
+        status: int = 500,
+        retry_after: float | None = None,
+        *,
+        retry_after_ms: float | None = None,
+    ) -> None:
+        """The next `count` requests answer `status`, with Retry-After / retry-after-ms if given."""
+        with self._lock:
+            self._failures.extend([_Failure(status, retry_after, retry_after_ms)] * count)
+
+    def reject_inputs_containing(self, marker: str) -> None:
+        """Any request with an input containing `marker` answers 400, as a content rejection."""
+        with self._lock:
+            self._markers.append(marker)
+
+    @property
+    def latency(self) -> float:
+        with self._lock:
+            return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        with self._lock:
+            self._latency = seconds
+
+    @property
+    def max_inputs(self) -> int:
+        with self._lock:
+            return self._max_inputs
+
+    @max_inputs.setter
+    def max_inputs(self, count: int) -> None:
+        with self._lock:
+            self._max_inputs = count
+
+    @property
+    def max_tokens(self) -> int:
+        with self._lock:
+            return self._max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, count: int) -> None:
+        with self._lock:
+            self._max_tokens = count
+
+    @property
+    def wrong_dimensions(self) -> int | None:
+        with self._lock:
+            return self._wrong_dimensions
+
+    @wrong_dimensions.setter
+    def wrong_dimensions(self, dimensions: int | None) -> None:
+        with self._lock:
+            self._wrong_dimensions = dimensions
+
+    @property
+    def reverse_order(self) -> bool:
+        """Answer `data` last input first (each item keeps its `index`), as servers may."""
+        with self._lock:
+            return self._reverse_order
+
+    @reverse_order.setter
+    def reverse_order(self, reverse: bool) -> None:
+        with self._lock:
+            self._reverse_order = reverse
+
+    def reset(self) -> None:
+        """Forget everything received and every injected failure; limits back to defaults."""
+        with self._lock:
+            self._latency = 0.0
+            self._max_inputs = DEFAULT_MAX_INPUTS
+            self._max_tokens = DEFAULT_MAX_TOKENS
+            self._wrong_dimensions = None
+            self._reverse_order = False
+            self._markers.clear()
+            self._failures.clear()
+            self._requests = 0
+            self._connections = 0
+            self._inputs.clear()
+            self._log.clear()
+            self._violations.clear()
+
+    # -- observables (copies, so the test can read while requests arrive) ----------------------
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return self._requests
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted: with keep-alive, far fewer than requests."""
+        with self._lock:
+            return self._connections
+
+    def count_connection(self) -> None:
+        with self._lock:
+            self._connections += 1
+
+    @property
+    def inputs(self) -> list[str]:
+        with self._lock:
+            return list(self._inputs)
+
+    @property
+    def request_log(self) -> list[LoggedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    @property
+    def violations(self) -> list[str]:
+        with self._lock:
+            return list(self._violations)
+
+    # -- serving (handler threads) --------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def wait_latency(self) -> None:
+        # An Event wait rather than sleep, so stop() does not wait out a long latency.
+        self._stopping.wait(self.latency)
+
+    def answer(self, body: object, api_key: str = "") -> tuple[int, dict[str, str], dict[str, Any]]:
+        """Status, extra headers and JSON body for one request body, sent with `api_key`."""
+        with self._lock:
+            self._requests += 1
+            failure = self._failures.popleft() if self._failures else None
+        try:
+            request = _parse_request(body)
+        except _BadRequestError as exc:
+            self._record(LoggedRequest(inputs=0, status=400))
+            return 400, {}, _error_body(str(exc), exc.param)
+        texts = request.texts
+        tokens = sum(estimate_tokens(text) for text in texts)
+        with self._lock:
+            self._inputs.extend(texts)
+        # Checked before any injected failure: an oversized request is a client bug either way.
+        over_limit = self._over_limit(len(texts), tokens)
+        logged = LoggedRequest(
+            inputs=len(texts),
+            status=200,
+            model=request.model,
+            dimensions=request.dimensions,
+            encoding_format=request.encoding_format,
+            tokens=tokens,
+        )
+        if failure is not None:
+            return self._fail(logged, failure, api_key)
+        rejection = over_limit or _content_rejection(texts, self._marker_list())
+        if rejection is not None:
+            self._record(replace(logged, status=400))
+            return 400, {}, _error_body(rejection, "input")
+        self._record(logged)
+        return 200, {}, self._embeddings(request, tokens)
+
+    def _fail(
+        self, logged: LoggedRequest, failure: _Failure, api_key: str
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        self._record(replace(logged, status=failure.status))
+        headers: dict[str, str] = {}
+        if failure.retry_after is not None:
+            headers["Retry-After"] = f"{failure.retry_after:g}"
+        if failure.retry_after_ms is not None:
+            headers["retry-after-ms"] = f"{failure.retry_after_ms:g}"
+        kind = "rate_limit_exceeded" if failure.status == 429 else "server_error"
+        return (
+            failure.status,
+            headers,
+            _error_body(_failure_message(failure.status, api_key), None, kind),
+        )
+
+    def _over_limit(self, inputs: int, tokens: int) -> str | None:
+        """Why a request breaks the input or token limit, recorded as a violation, or None."""
+        with self._lock:
+            if inputs > self._max_inputs:
+                problem = f"too many inputs: {inputs} > {self._max_inputs}"
+            elif tokens > self._max_tokens:
+                problem = f"too many tokens: {tokens} > {self._max_tokens} (estimated)"
+            else:
+                return None
+            self._violations.append(problem)
+        return f"Invalid request: {problem}."
+
+    def _marker_list(self) -> list[str]:
+        with self._lock:
+            return list(self._markers)
+
+    def _embeddings(self, request: _Request, tokens: int) -> dict[str, Any]:
+        dimensions = self.wrong_dimensions or request.dimensions or self.default_dimensions
+        data = []
+        for index, text in enumerate(request.texts):
+            vector = embed_vector(text, dimensions)
+            encoded: object = (
+                base64.b64encode(vector.tobytes()).decode("ascii")
+                if request.encoding_format == "base64"
+                else [float(x) for x in vector]
+            )
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        if self.reverse_order:
+            data.reverse()
+        return {
+            "object": "list",
+            "data": data,
+            "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _record(self, logged: LoggedRequest) -> None:
+        with self._lock:
+            self._log.append(logged)
+
+
+@dataclass(frozen=True)
+class _Request:
+    texts: list[str]
+    model: str
+    dimensions: int | None
+    encoding_format: str
+
+
+def _parse_request(body: object) -> _Request:
+    if not isinstance(body, dict):
+        raise _BadRequestError("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequestError("you must provide a model parameter", "model")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or dimensions < 1):
+        raise _BadRequestError("'dimensions' must be a positive integer.", "dimensions")
+    encoding_format = body.get("encoding_format", "float")
+    if encoding_format not in ("float", "base64"):
+        raise _BadRequestError("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+    return _Request(_input_texts(body.get("input")), model, dimensions, encoding_format)
+
+
+def _input_texts(value: object) -> list[str]:
+    """The inputs as texts; a token array becomes the text of its numbers, e.g. "tokens: 1 2"."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(item, str) for item in value):
+            return list(value)
+        if all(_is_token(item) for item in value):
+            return [_token_text(value)]
+        if all(isinstance(item, list) and all(map(_is_token, item)) for item in value):
+            return [_token_text(item) for item in value]
+    raise _BadRequestError(
+        "'input' must be a string, a non-empty array of strings, or token arrays.", "input"
+    )
+
+
+def _is_token(item: object) -> bool:
+    return isinstance(item, int) and not isinstance(item, bool)
+
+
+def _token_text(tokens: list[Any]) -> str:
+    return "tokens: " + " ".join(str(token) for token in tokens)
+
+
+def _failure_message(status: int, api_key: str) -> str:
+    # Deliberately leaky: echoing the key in full (OpenAI masks most of it) lets tests prove
+    # the client never repeats what a service says about the key.
+    if status in (401, 403):
+        return f"injected failure {status}: the API key {api_key!r} may not use this model"
+    return f"injected failure {status}"
+
+
+def _content_rejection(texts: Sequence[str], markers: Sequence[str]) -> str | None:
+    for index, text in enumerate(texts):
+        if any(marker in text for marker in markers):
+            return f"'$.input[{index}]' was rejected by the content policy."
+        if not text:
+            return f"'$.input[{index}]' is invalid: an input must not be empty."
+    return None
+
+
+def _error_body(
+    message: str, param: str | None, kind: str = "invalid_request_error"
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+class _Server(ThreadingHTTPServer):
+    """Tracks open connections so stop() can end kept-alive ones instead of waiting on them."""
+
+    # Handler threads are joined by server_close(), so stop() leaves nothing running.
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        fake: FakeOpenAIServer,
+    ) -> None:
+        self.fake = fake
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        self.fake.count_connection()
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up, or stop() cutting a connection, is not worth a traceback.
+        if self.fake.stopping or isinstance(sys.exception(), OSError):
+            return
+        super().handle_error(request, client_address)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            # Wakes a handler blocked reading the next keep-alive request; it then sees EOF.
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the openai client expects
+    # Headers and body go out in two writes; Nagle plus delayed ACKs would add ~40 ms to each.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if path not in ("/v1/embeddings", "/embeddings"):
+            self._send(404, {}, _error_body(f"Unknown path {path}", None, "not_found"))
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send(400, {}, _error_body("The request body is not valid JSON.", None))
+            return
+        fake = self.server.fake
+        fake.wait_latency()
+        authorization = self.headers.get("Authorization") or ""
+        status, headers, payload = fake.answer(body, authorization.removeprefix("Bearer "))
+        self._send(status, headers, payload)
+
+    def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Quiet: pytest output should show test failures, not an access log.
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--dimensions", type=int, default=DEFAULT_DIMENSIONS)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer(
+        dimensions=args.dimensions, latency=args.latency, host=args.host, port=args.port
+    )
+    with server:
+        print(server.url, flush=True)
+        # SIGTERM (how benchmarks stop it) and Ctrl-C both end in a clean stop().
+        done = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            done.wait()
+
+
+if __name__ == "__main__":
+    main()
