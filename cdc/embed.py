@@ -172,7 +172,10 @@ def plan_requests(texts: Sequence[str], max_inputs: int, max_tokens: int) -> lis
 
 
 def decode_embedding(raw: object) -> Vector:
-    """One embedding from the wire: base64 little-endian float32 in bulk, or a JSON float list."""
+    """One embedding from the wire: base64 little-endian float32 in bulk, or a JSON float list.
+
+    A base64 answer becomes a read-only view of the decoded bytes: no copy, no per-float work.
+    """
     if isinstance(raw, str):
         return np.frombuffer(base64.b64decode(raw, validate=True), dtype="<f4")
     return np.asarray(raw, dtype=np.float32)
@@ -294,7 +297,7 @@ class OpenAIProvider:
                 response = await self._client.embeddings.create(**self._params(batch))
             except openai.APIStatusError as exc:
                 self._observe(str(exc.status_code), started)
-                rejected = self._settle_status(exc, len(batch))
+                rejected = self._settle_status(exc)
                 if rejected is not None:
                     return rejected
                 failure = f"HTTP {exc.status_code}"
@@ -342,7 +345,7 @@ class OpenAIProvider:
         )
         await asyncio.sleep(wait)
 
-    def _settle_status(self, exc: openai.APIStatusError, inputs: int) -> _Rejected | None:
+    def _settle_status(self, exc: openai.APIStatusError) -> _Rejected | None:
         """Classify an HTTP error: None to retry, a rejection to bisect, or raise."""
         status = exc.status_code
         if status in _TRANSIENT_STATUSES or status >= 500:
