@@ -1,0 +1,14 @@
+# wal2vec as a sidecar: `cdc run` with the configuration mounted at /etc/wal2vec/wal2vec.yaml.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CDC_CONFIG=/etc/wal2vec/wal2vec.yaml
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cdc ./cdc
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 wal2vec
+USER wal2vec
+
+EXPOSE 9108
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9108/healthz').status != 200)"
+ENTRYPOINT ["cdc"]
+CMD ["run"]

@@ -1,0 +1,70 @@
+-- wal2vec: the DDL `cdc setup` runs, as a template for a DBA to review and apply by hand.
+-- `cdc setup --print-sql` prints the exact statements for your configuration.
+-- Replace: wal2vec (role, slot, publication), app (database), public.articles (content tables),
+-- and the columns. Source and sink may be the same database (the default).
+
+-- 1. On the source server: logical decoding must be on (needs a restart).
+--    ALTER SYSTEM SET wal_level = logical;
+--    Bound the WAL a stalled slot may keep, so it cannot fill the disk (PostgreSQL 13+):
+--    ALTER SYSTEM SET max_slot_wal_keep_size = '50GB';
+
+-- 2. A least-privilege role: it may replicate and read the content tables, and write only in
+--    the sink schema. It never needs superuser.
+CREATE ROLE wal2vec WITH LOGIN REPLICATION PASSWORD 'change-me';
+GRANT CONNECT ON DATABASE app TO wal2vec;
+GRANT USAGE ON SCHEMA public TO wal2vec;
+GRANT SELECT ON public.articles TO wal2vec;          -- every configured content table
+
+-- 3. The publication: only the configured tables, and only the key, content and metadata
+--    columns (column lists need PostgreSQL 15+; omit them for REPLICA IDENTITY FULL tables).
+CREATE PUBLICATION wal2vec FOR TABLE public.articles (id, title, body, author_id);
+-- wal2vec creates the slot itself on first start; do not create it here.
+
+-- 4. The sink (in the sink database; same as the source by default).
+CREATE EXTENSION IF NOT EXISTS vector;               -- needs a privileged role once
+CREATE SCHEMA IF NOT EXISTS public;
+GRANT USAGE, CREATE ON SCHEMA public TO wal2vec;     -- or a dedicated schema for the sink
+
+CREATE TABLE IF NOT EXISTS public.cdc_embeddings (
+    source_table text NOT NULL,          -- 'schema.table'
+    source_id text NOT NULL,             -- primary key as text; composite: JSON array
+    chunk integer NOT NULL DEFAULT 0,
+    content text NOT NULL,               -- the exact text that was embedded
+    content_hash text NOT NULL,          -- sha256 hex of content
+    model text NOT NULL,
+    embedding vector(1536) NOT NULL,     -- or halfvec(1536)
+    metadata jsonb NOT NULL DEFAULT '{}',
+    lsn pg_lsn,                          -- commit LSN of the change (null for snapshot rows)
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_table, source_id, chunk)
+);
+CREATE INDEX IF NOT EXISTS cdc_embeddings_embedding_idx
+    ON public.cdc_embeddings USING hnsw (embedding vector_cosine_ops);  -- halfvec_cosine_ops
+
+-- The checkpoint LSN, committed with the vectors it covers.
+CREATE TABLE IF NOT EXISTS public.cdc_state (
+    slot text PRIMARY KEY,
+    checkpoint_lsn pg_lsn,
+    snapshot_done boolean NOT NULL DEFAULT false,
+    model text,
+    dimensions integer,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Rows the embedding API rejected for good, with the error; the stream goes on without them.
+CREATE TABLE IF NOT EXISTS public.cdc_dead_letters (
+    source_table text NOT NULL,
+    source_id text NOT NULL,
+    chunk integer NOT NULL DEFAULT 0,
+    error text NOT NULL,
+    content text,
+    lsn pg_lsn,
+    attempts integer NOT NULL DEFAULT 1,
+    first_failed_at timestamptz NOT NULL DEFAULT now(),
+    last_failed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_table, source_id, chunk)
+);
+
+-- If a DBA creates the sink tables, the role needs only to write them:
+GRANT SELECT, INSERT, UPDATE, DELETE
+    ON public.cdc_embeddings, public.cdc_state, public.cdc_dead_letters TO wal2vec;
