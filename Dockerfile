@@ -1,7 +1,9 @@
 # wal2vec as a sidecar: `cdc run` with the configuration mounted at /etc/wal2vec/wal2vec.yaml.
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CDC_CONFIG=/etc/wal2vec/wal2vec.yaml
+# Metrics listen on all interfaces inside the container so Prometheus can scrape the pod.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CDC_CONFIG=/etc/wal2vec/wal2vec.yaml \
+    CDC_METRICS__HOST=0.0.0.0
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cdc ./cdc
