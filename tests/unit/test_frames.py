@@ -20,7 +20,7 @@ from cdc.frames import (
 
 WAL_START = 0x0000_0001_6B37_4D48
 WAL_END = 0x0000_0001_6B37_5000
-SEND_TIME = 802_137_600_123_456
+SEND_TIME = 802_051_200_123_456
 
 
 def xlogdata(payload: bytes) -> bytes:

@@ -42,7 +42,7 @@ from cdc.pgoutput import (
 
 LSN = 0x0000_0001_6B37_4D48
 END_LSN = LSN + 0x30
-TS = 802_137_600_123_456  # 2025-06-01 00:00:00.123456 UTC in microseconds since 2000-01-01
+TS = 802_051_200_123_456  # 2025-06-01 00:00:00.123456 UTC in microseconds since 2000-01-01
 XID = 7_341
 SUBXID = 7_342
 REL = 16_384
