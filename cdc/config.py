@@ -61,8 +61,10 @@ class EmbeddingConfig(_Strict):
     batch_size: int = Field(2048, ge=1, le=2048)
     timeout: float = Field(60.0, gt=0)
     max_attempts: int = Field(8, ge=1)
-    # Characters of content per chunk: a conservative stand-in for the model's token limit.
-    max_chunk_chars: int = Field(24000, ge=100)
+    # Characters per chunk: a stand-in for the token limit (8191 for OpenAI v3 models) that
+    # stays under it even for CJK text, about one token per character, until chunking counts
+    # tokens.
+    max_chunk_chars: int = Field(6000, ge=100)
 
 
 class TableConfig(_Strict):

@@ -1,0 +1,153 @@
+"""The `cdc` command: parse arguments, load configuration, run a command, map errors to exit codes.
+
+Exit codes: 0 success; 1 the command ran and found a problem; 2 bad usage or configuration;
+3 a database or the embedding service cannot be reached or used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from prometheus_client import disable_created_metrics
+
+from cdc import __version__
+from cdc.config import Settings, load_config
+from cdc.embed import EmbeddingProvider, OpenAIProvider, RetryPolicy
+from cdc.errors import CdcError
+from cdc.logs import configure_logging
+from cdc.metrics import Health, Metrics, serve_http
+
+log = logging.getLogger("cdc")
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        settings = load_config(args.config)
+        configure_logging(
+            args.log_level or settings.log.level, args.log_format or settings.log.format
+        )
+        result: int = asyncio.run(args.handler(settings, args))
+        return result
+    except CdcError as error:
+        print(f"cdc {args.command}: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return EXIT_PROBLEM
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdc", description="Keep pgvector embeddings in step with PostgreSQL."
+    )
+    parser.add_argument("--version", action="version", version=f"wal2vec {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="configuration file (default: $CDC_CONFIG)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--log-format", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    setup = commands.add_parser("setup", parents=[common], help="check the source, create objects")
+    setup.add_argument("--print-sql", action="store_true", help="print the DDL instead")
+    setup.set_defaults(handler=_setup)
+
+    run = commands.add_parser("run", parents=[common], help="stream changes into the sink")
+    run.set_defaults(handler=_run)
+
+    status = commands.add_parser("status", parents=[common], help="slot, lag and vector counts")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+
+    teardown = commands.add_parser("teardown", parents=[common], help="drop the slot")
+    teardown.add_argument("--all", action="store_true", help="also drop the publication")
+    teardown.set_defaults(handler=_teardown)
+    return parser
+
+
+async def _setup(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.provision import connect, ensure, setup_script
+
+    source = await connect(settings.source.dsn, "source")
+    sink = await connect(settings.sink_dsn, "sink")
+    try:
+        if args.print_sql:
+            print(await setup_script(settings, source, sink), end="")
+            return EXIT_OK
+        tables = await ensure(settings, source, sink)
+        for table in tables:
+            print(f"ok  {table.name}  key ({', '.join(table.key_names)})")
+        print(f"publication {settings.source.publication} and sink tables are ready")
+        return EXIT_OK
+    finally:
+        await source.close()
+        await sink.close()
+
+
+def make_provider(settings: Settings, metrics: Metrics | None = None) -> EmbeddingProvider:
+    embedding = settings.embedding
+    return OpenAIProvider(
+        model=embedding.model,
+        dimensions=embedding.dimensions,
+        api_key=embedding.api_key.get_secret_value() if embedding.api_key else None,
+        base_url=embedding.base_url,
+        max_batch_inputs=embedding.batch_size,
+        timeout=embedding.timeout,
+        retry=RetryPolicy(max_attempts=embedding.max_attempts),
+        on_request=metrics.record_request if metrics else None,
+    )
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.runner import run
+
+    # Counters' `_created` series only clutter dashboards; process-wide, so set here, once.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    metrics, health, stop = Metrics(), Health(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stopper(stop, signum))
+    server = await serve_http(metrics, health, settings.metrics.host, settings.metrics.port)
+    port = server.sockets[0].getsockname()[1]
+    log.info("metrics on http://%s:%d/metrics", settings.metrics.host, port)
+    try:
+        await run(settings, lambda s: make_provider(s, metrics), metrics, health, stop)
+    finally:
+        server.close()
+    log.info("stopped cleanly")
+    return EXIT_OK
+
+
+def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
+    def request_stop() -> None:
+        log.info("%s received: draining the buffer, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    return request_stop
+
+
+async def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.status import collect_status, render_status
+
+    report = await collect_status(settings)
+    print(json.dumps(report, indent=2) if args.json else render_status(report))
+    return EXIT_OK if report["healthy"] else EXIT_PROBLEM
+
+
+async def _teardown(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.status import teardown
+
+    for line in await teardown(settings, drop_publication=args.all):
+        print(line)
+    return EXIT_OK

@@ -1,0 +1,265 @@
+"""The streamer: frames -> decode -> transactions -> buffer -> embed -> sink -> confirm.
+
+Two coroutines share one event loop. The reader drains every frame the socket holds per
+wake-up, decodes and assembles them synchronously (no task hop per message) and stops reading
+while the buffer is full. The flusher drains the buffer at transaction boundaries, applies the
+batch, and only then confirms its LSN to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+
+from cdc.apply import Applier
+from cdc.buffer import Batch, ChangeBuffer
+from cdc.changes import RowChange, Transaction
+from cdc.config import Settings
+from cdc.content import render_content
+from cdc.frames import Keepalive, parse_frame
+from cdc.lsn import Lsn
+from cdc.metrics import Health, Metrics
+from cdc.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
+from cdc.plan import RowState
+from cdc.source import SourceTable, fetch_rows
+from cdc.stream import MAX_FRAMES_PER_READ, ReplicationStream
+from cdc.transactions import TransactionAssembler
+
+log = logging.getLogger(__name__)
+
+# Standby status updates at least this often, so the server never times us out.
+STATUS_INTERVAL = 10.0
+EPOCH_2000 = 946_684_800
+
+
+@dataclass
+class Session:
+    """The connections and parts one streaming session runs on."""
+
+    settings: Settings
+    stream: ReplicationStream
+    source: AsyncConnection[tuple[str | None, ...]]
+    tables: dict[str, SourceTable]
+    applier: Applier
+    metrics: Metrics
+    health: Health
+    checkpoint: Lsn
+
+
+class Streamer:
+    """Streams one slot into the sink until `stop` is set; returns after a clean drain."""
+
+    def __init__(self, session: Session, stop: asyncio.Event) -> None:
+        self._s = session
+        self._stop = stop
+        cfg = session.settings.buffer
+        self._buffer = ChangeBuffer(max_rows=cfg.max_rows, max_bytes=cfg.max_bytes)
+        self._max_age = cfg.max_age
+        self._decoder = PgOutputDecoder()
+        self._assembler = TransactionAssembler({t: s.config for t, s in session.tables.items()})
+        self._added = asyncio.Event()
+        self._space = asyncio.Event()
+        self._in_flight: Batch | None = None
+        self._server_lsn = 0
+        self._last_status = 0.0
+
+    async def run(self) -> None:
+        s = self._s
+        s.stream.start(Lsn(0))
+        s.health.streaming = s.health.streaming_seen = True
+        s.metrics.up.set(1)
+        log.info("streaming slot %s from %s", s.settings.source.slot, s.stream.confirmed)
+        reader = asyncio.create_task(self._read_loop(), name="reader")
+        flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        try:
+            done, _ = await asyncio.wait({reader, flusher}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+            await flusher
+        finally:
+            s.health.streaming = False
+            s.metrics.up.set(0)
+            for task in (reader, flusher):
+                task.cancel()
+            await asyncio.gather(reader, flusher, return_exceptions=True)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        stream = self._s.stream
+        while not self._stop.is_set():
+            if self._buffer.full:
+                self._space.clear()
+                await self._wait_any(self._space, STATUS_INTERVAL)
+            else:
+                frames = stream.read_frames()
+                for frame in frames:
+                    self._on_frame(frame)
+                if len(frames) < MAX_FRAMES_PER_READ:
+                    await stream.wait_readable(min(STATUS_INTERVAL, 1.0))
+                else:
+                    await asyncio.sleep(0)
+            self._heartbeat()
+        self._added.set()
+
+    async def _wait_any(self, event: asyncio.Event, timeout: float) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        other = asyncio.ensure_future(event.wait())
+        await asyncio.wait({stop, other}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        other.cancel()
+
+    def _on_frame(self, data: memoryview) -> None:
+        frame = parse_frame(data)
+        self._server_lsn = max(self._server_lsn, frame.wal_end)
+        if isinstance(frame, Keepalive):
+            self._on_keepalive(frame)
+            return
+        message = self._decoder.decode(frame.payload)
+        transaction = self._assembler.feed(message)
+        if transaction is not None:
+            self._accept(transaction)
+
+    def _accept(self, transaction: Transaction) -> None:
+        if transaction.end_lsn <= self._s.checkpoint:
+            return  # applied before a restart; the server may send it again
+        for change in transaction.changes:
+            op = "truncate" if not isinstance(change, RowChange) else change.op
+            self._s.metrics.changes.labels(table=change.table, op=op).inc()
+        self._buffer.add(transaction, time.monotonic())
+        self._added.set()
+
+    def _on_keepalive(self, keepalive: Keepalive) -> None:
+        # Nothing received is unapplied: the server's position is safe to confirm, so a quiet
+        # publication does not make the server keep WAL for us.
+        if self._assembler.idle and self._buffer.empty and self._in_flight is None:
+            self._s.stream.confirm(keepalive.wal_end)
+            self._last_status = time.monotonic()
+        elif keepalive.reply_requested:
+            self._send_status()
+
+    def _heartbeat(self) -> None:
+        s = self._s
+        s.health.beat()
+        now = time.monotonic()
+        if now - self._last_status >= STATUS_INTERVAL:
+            self._send_status()
+        m = s.metrics
+        m.buffer_rows.set(self._buffer.rows)
+        m.confirmed_lsn.set(int(s.stream.confirmed))
+        m.replication_lag_bytes.set(max(0, self._server_lsn - s.stream.confirmed))
+        m.replication_lag_seconds.set(self._lag_seconds())
+
+    def _send_status(self) -> None:
+        self._s.stream.send_status()
+        self._last_status = time.monotonic()
+
+    def _lag_seconds(self) -> float:
+        oldest = None
+        if self._in_flight is not None:
+            oldest = self._in_flight.oldest_commit_time
+        if oldest is None and not self._buffer.empty:
+            oldest = self._buffer.oldest_commit_time
+        if oldest is None:
+            return 0.0
+        return max(0.0, time.time() - (EPOCH_2000 + oldest / 1_000_000))
+
+    # ---- flushing ---------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wait_for_batch()
+            if self._buffer.empty:
+                return  # stopping, and nothing left
+            batch = self._buffer.drain()
+            self._space.set()
+            self._in_flight = batch
+            await self._apply(batch)
+            self._s.stream.confirm(batch.end_lsn)
+            self._last_status = time.monotonic()
+            self._in_flight = None
+
+    async def _wait_for_batch(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            if stopping or self._buffer.full:
+                return
+            if not self._buffer.empty:
+                remaining = self._max_age - self._buffer.age(time.monotonic())
+                if remaining <= 0:
+                    return
+            else:
+                remaining = STATUS_INTERVAL
+            self._added.clear()
+            await self._wait_any(self._added, remaining)
+
+    async def _apply(self, batch: Batch) -> None:
+        rows = await self._row_states(batch.rows)
+        result = await self._s.applier.apply(list(batch.truncated), rows, batch.end_lsn)
+        self._s.checkpoint = Lsn(batch.end_lsn)
+        if batch.rows or batch.truncated:
+            log.debug(
+                "applied %d transactions up to %s: %d embedded, %d removed, %d unchanged",
+                batch.transactions,
+                Lsn(batch.end_lsn),
+                result.embedded,
+                result.removed,
+                result.unchanged,
+            )
+
+    async def _row_states(self, changes: Sequence[RowChange]) -> list[RowState]:
+        current = await self._fetch_unchanged_toast(changes)
+        states = []
+        for change in changes:
+            state = self._row_state(change, current)
+            if state is not None:
+                states.append(state)
+        return states
+
+    async def _fetch_unchanged_toast(
+        self, changes: Sequence[RowChange]
+    ) -> dict[tuple[str, tuple[str, ...]], tuple[str | None, ...]]:
+        """Current values of rows the stream sent with unchanged-TOAST placeholders."""
+        wanted: dict[str, list[tuple[str, ...]]] = {}
+        for change in changes:
+            if not change.is_delete and change.has_unchanged_toast():
+                wanted.setdefault(change.table, []).append(change.key)
+        found: dict[tuple[str, tuple[str, ...]], tuple[str | None, ...]] = {}
+        for table, keys in wanted.items():
+            rows = await fetch_rows(self._s.source, self._s.tables[table], keys)
+            found.update({(table, key): values for key, values in rows.items()})
+        return found
+
+    def _row_state(
+        self,
+        change: RowChange,
+        current: dict[tuple[str, tuple[str, ...]], tuple[str | None, ...]],
+    ) -> RowState | None:
+        lsn = change.commit_lsn
+        if change.is_delete:
+            return RowState(change.table, change.source_id, "", {}, lsn, deleted=True)
+        config = self._s.tables[change.table].config
+        content, metadata = change.content or (), change.metadata or ()
+        if change.has_unchanged_toast():
+            fetched = current.get((change.table, change.key))
+            if fetched is None:
+                return None  # gone since; its delete is on the way
+            width = len(config.columns)
+            content = _fill(content, fetched[:width])
+            metadata = _fill(metadata, fetched[width:])
+        return RowState(
+            change.table,
+            change.source_id,
+            render_content(v for v in content if isinstance(v, str)),
+            dict(zip(config.metadata, metadata, strict=True)),
+            lsn,
+        )
+
+
+def _fill(values: Sequence[Value], current: Sequence[str | None]) -> tuple[Value, ...]:
+    return tuple(c if v is UNCHANGED_TOAST else v for v, c in zip(values, current, strict=True))

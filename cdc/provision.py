@@ -1,0 +1,125 @@
+"""`cdc setup`: check the source, then create the publication and the sink-side tables.
+
+Idempotent: statements whose object already exists in the right shape are not run again, so
+`cdc run` can call it at every start and a least-privileged role never needs CREATE rights once
+a DBA applied the DDL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+from cdc.config import Settings, redact_dsn
+from cdc.errors import ConfigError, SourceUnavailable
+from cdc.schema import alter_publication, create_publication, sink_ddl
+from cdc.source import SourceTable, check_wal_level, describe_tables
+
+log = logging.getLogger(__name__)
+Conn = AsyncConnection[tuple[Any, ...]]
+
+
+async def connect(dsn: str, role: str, **kwargs: Any) -> Conn:
+    """Open a connection or raise `SourceUnavailable` naming the (redacted) DSN."""
+    try:
+        return await AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        raise SourceUnavailable(
+            f"cannot connect to the {role} at {redact_dsn(dsn)}: {detail}"
+        ) from None
+
+
+async def inspect_source(settings: Settings, source: Conn) -> list[SourceTable]:
+    """Everything `run` needs from the source to be true, checked up front."""
+    await check_wal_level(source)
+    return await describe_tables(source, settings.tables)
+
+
+async def publication_sql(
+    settings: Settings, source: Conn, tables: Sequence[SourceTable]
+) -> list[sql.Composed]:
+    """The statement that makes the publication match the configuration, if one is needed."""
+    name = settings.source.publication
+    wanted = {(t.config.schema_name, t.config.table_name): _published_set(t) for t in tables}
+    current = await _published_now(source, name)
+    if current is None:
+        return [create_publication(name, list(tables))]
+    if current != wanted:
+        return [alter_publication(name, list(tables))]
+    return []
+
+
+def _published_set(table: SourceTable) -> frozenset[str] | None:
+    return None if table.replica_identity == "f" else frozenset(table.published_columns)
+
+
+async def _published_now(
+    source: Conn, name: str
+) -> dict[tuple[str, str], frozenset[str] | None] | None:
+    exists = await (
+        await source.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+    ).fetchone()
+    if exists is None:
+        return None
+    rows = await (
+        await source.execute(
+            "SELECT p.schemaname, p.tablename, p.attnames, pr.prattrs IS NULL "
+            "FROM pg_publication_tables p "
+            "JOIN pg_publication pb ON pb.pubname = p.pubname "
+            "JOIN pg_class c ON c.relname = p.tablename "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = p.schemaname "
+            "LEFT JOIN pg_publication_rel pr ON pr.prpubid = pb.oid AND pr.prrelid = c.oid "
+            "WHERE p.pubname = %s",
+            (name,),
+        )
+    ).fetchall()
+    return {(r[0], r[1]): None if r[3] else frozenset(r[2]) for r in rows}
+
+
+async def ensure(settings: Settings, source: Conn, sink: Conn) -> list[SourceTable]:
+    """Check the source and create whatever is missing; return the described tables."""
+    tables = await inspect_source(settings, source)
+    await _check_pgvector(sink)
+    for statement in sink_ddl(settings):
+        await _execute(sink, statement, "sink")
+    for statement in await publication_sql(settings, source, tables):
+        log.info("publication %s: %s", settings.source.publication, statement.as_string(source))
+        await _execute(source, statement, "source")
+    return tables
+
+
+async def _check_pgvector(sink: Conn) -> None:
+    row = await (
+        await sink.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    ).fetchone()
+    if row is None:
+        raise ConfigError(
+            "the pgvector extension is not installed on the sink server: install pgvector "
+            "(e.g. the postgresql-NN-pgvector package), then run `cdc setup` again"
+        )
+
+
+async def _execute(conn: Conn, statement: sql.Composed, where: str) -> None:
+    try:
+        await conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise ConfigError(
+            f"the {where} role may not run: {statement.as_string(conn)}\n{error}\n"
+            "Ask a DBA to apply it (`cdc setup --print-sql` prints all of it), then start again"
+        ) from None
+    except psycopg.errors.FeatureNotSupported as error:
+        raise ConfigError(f"the {where} server refused: {error}") from None
+
+
+async def setup_script(settings: Settings, source: Conn, sink: Conn) -> str:
+    """All the DDL `ensure` would run, as a script for review."""
+    tables = await inspect_source(settings, source)
+    statements = [*sink_ddl(settings), *await publication_sql(settings, source, tables)]
+    lines = ["-- wal2vec setup: review, then run (sink statements first, then the source's)."]
+    lines += [f"{statement.as_string(sink)};" for statement in statements]
+    return "\n\n".join(lines) + "\n"

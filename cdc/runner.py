@@ -1,0 +1,146 @@
+"""`cdc run`: sessions of snapshot-then-stream, restarted with backoff when a connection drops.
+
+A session that fails for a reason that may pass (a database or the embedding service went
+away) is torn down whole and started again from the sink's checkpoint: the server resends what
+was not confirmed, and nothing confirmed was left unapplied. Crash-only recovery, in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import psycopg
+
+from cdc.apply import Applier
+from cdc.config import Settings
+from cdc.embed import EmbeddingProvider
+from cdc.errors import CdcError, ConfigError, SourceUnavailable
+from cdc.lsn import Lsn
+from cdc.metrics import Health, Metrics
+from cdc.pipeline import Session, Streamer
+from cdc.provision import connect, ensure
+from cdc.sink import Sink, SinkState
+from cdc.slots import check_slot_usable, slot_info
+from cdc.snapshot import SnapshotInterrupted, take_snapshot
+from cdc.stream import ReplicationStream
+
+log = logging.getLogger(__name__)
+ProviderFactory = Callable[[Settings], EmbeddingProvider]
+# Consecutive failed starts before `run` gives up, as long as it never streamed.
+MAX_FAILED_STARTS = 5
+MAX_BACKOFF = 60.0
+
+
+async def run(
+    settings: Settings,
+    make_provider: ProviderFactory,
+    metrics: Metrics,
+    health: Health,
+    stop: asyncio.Event,
+) -> None:
+    failures = 0
+    streamed_once = False
+    while not stop.is_set():
+        try:
+            await _session(settings, make_provider, metrics, health, stop)
+            return
+        except SnapshotInterrupted:
+            log.info("stopped during the snapshot; the next start takes it again")
+            return
+        except (CdcError, psycopg.OperationalError) as error:
+            if isinstance(error, CdcError) and not error.retriable:
+                raise
+            streamed_once = streamed_once or health.streaming_seen
+            failures += 1
+            if not streamed_once and failures >= MAX_FAILED_STARTS:
+                raise _as_unavailable(error) from None
+            delay = min(MAX_BACKOFF, 2 ** min(failures, 6) * 0.5) * (0.5 + random.random() / 2)
+            log.warning("%s; starting again in %.1fs", _describe(error), delay)
+            await _sleep_unless(stop, delay)
+
+
+def _as_unavailable(error: Exception) -> CdcError:
+    return error if isinstance(error, CdcError) else SourceUnavailable(_describe(error))
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _session(
+    settings: Settings,
+    make_provider: ProviderFactory,
+    metrics: Metrics,
+    health: Health,
+    stop: asyncio.Event,
+) -> None:
+    async with AsyncExitStack() as stack:
+        source = await connect(settings.source.dsn, "source")
+        stack.push_async_callback(source.close)
+        sink_conn = await connect(settings.sink_dsn, "sink")
+        stack.push_async_callback(sink_conn.close)
+        tables = await ensure(settings, source, sink_conn)
+        sink = await Sink.connect(sink_conn, settings)
+        state = await sink.load_state()
+        _check_model(settings, state)
+        provider = make_provider(settings)
+        stack.push_async_callback(provider.aclose)
+        applier = Applier(settings, sink, provider, metrics)
+        stream = ReplicationStream.connect(
+            settings.source.dsn, settings.source.slot, settings.source.publication
+        )
+        stack.callback(stream.close)
+        slot = await slot_info(source, settings.source.slot)
+        check_slot_usable(slot, state.snapshot_done, settings.source.slot)
+        checkpoint = state.checkpoint or Lsn(0)
+        if not state.snapshot_done:
+            if slot is not None:
+                log.info(
+                    "slot %s exists but its snapshot never completed: taking it again", slot.name
+                )
+                stream.drop_slot()
+            checkpoint = await take_snapshot(
+                source_dsn=settings.source.dsn,
+                stream=stream,
+                tables=tables,
+                sink=sink,
+                applier=applier,
+                metrics=metrics,
+                stop=stop,
+            )
+        health.snapshot_done = True
+        session = Session(
+            settings=settings,
+            stream=stream,
+            source=source,
+            tables={t.name: t for t in tables},
+            applier=applier,
+            metrics=metrics,
+            health=health,
+            checkpoint=checkpoint,
+        )
+        await Streamer(session, stop).run()
+
+
+def _check_model(settings: Settings, state: SinkState) -> None:
+    embedding = settings.embedding
+    if state.model is None:
+        return
+    if (state.model, state.dimensions) != (embedding.model, embedding.dimensions):
+        raise ConfigError(
+            f"the sink holds vectors of model {state.model} ({state.dimensions} dimensions) but "
+            f"embedding.model is {embedding.model} ({embedding.dimensions} dimensions): mixing "
+            "them would make search meaningless. Run `cdc resync` to rebuild with the new model, "
+            "or set embedding.model back"
+        )

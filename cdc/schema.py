@@ -1,0 +1,132 @@
+"""The DDL wal2vec needs, as statements `cdc setup` runs or prints for review.
+
+Everything is idempotent (`IF NOT EXISTS`, or compared with the catalog first) so `setup` and
+`run` may apply it every time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from cdc.config import Settings
+from cdc.source import SourceTable
+
+STATE_TABLE = "cdc_state"
+DEAD_LETTER_TABLE = "cdc_dead_letters"
+OPS = {"vector": "vector_cosine_ops", "halfvec": "halfvec_cosine_ops"}
+
+
+@dataclass(frozen=True, slots=True)
+class SinkNames:
+    """Identifiers of the sink-side tables, resolved once from configuration."""
+
+    schema: str
+    state: sql.Identifier
+    dead_letters: sql.Identifier
+
+    @classmethod
+    def of(cls, settings: Settings) -> SinkNames:
+        schema = settings.sink.schema_
+        return cls(
+            schema=schema,
+            state=sql.Identifier(schema, STATE_TABLE),
+            dead_letters=sql.Identifier(schema, DEAD_LETTER_TABLE),
+        )
+
+
+def index_name(table: str) -> str:
+    # PostgreSQL truncates identifiers at 63 bytes; keep the suffix that says what it is.
+    return f"{table[:50]}_embedding_idx"
+
+
+def sink_table_ddl(
+    schema: str, table: str, vector_type: str, dimensions: int
+) -> list[sql.Composed]:
+    target = sql.Identifier(schema, table)
+    return [
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (\n"
+            "    source_table text NOT NULL,\n"
+            "    source_id text NOT NULL,\n"
+            "    chunk integer NOT NULL DEFAULT 0,\n"
+            "    content text NOT NULL,\n"
+            "    content_hash text NOT NULL,\n"
+            "    model text NOT NULL,\n"
+            "    embedding {}({}) NOT NULL,\n"
+            "    metadata jsonb NOT NULL DEFAULT '{{}}',\n"
+            "    lsn pg_lsn,\n"
+            "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+            "    PRIMARY KEY (source_table, source_id, chunk)\n"
+            ")"
+        ).format(target, sql.SQL(vector_type), sql.Literal(dimensions)),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {})").format(
+            sql.Identifier(index_name(table)), target, sql.SQL(OPS[vector_type])
+        ),
+    ]
+
+
+def state_ddl(names: SinkNames) -> list[sql.Composed]:
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.schema)),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (\n"
+            "    slot text PRIMARY KEY,\n"
+            "    checkpoint_lsn pg_lsn,\n"
+            "    snapshot_done boolean NOT NULL DEFAULT false,\n"
+            "    model text,\n"
+            "    dimensions integer,\n"
+            "    updated_at timestamptz NOT NULL DEFAULT now()\n"
+            ")"
+        ).format(names.state),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (\n"
+            "    source_table text NOT NULL,\n"
+            "    source_id text NOT NULL,\n"
+            "    chunk integer NOT NULL DEFAULT 0,\n"
+            "    error text NOT NULL,\n"
+            "    content text,\n"
+            "    lsn pg_lsn,\n"
+            "    attempts integer NOT NULL DEFAULT 1,\n"
+            "    first_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+            "    last_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+            "    PRIMARY KEY (source_table, source_id, chunk)\n"
+            ")"
+        ).format(names.dead_letters),
+    ]
+
+
+def sink_ddl(settings: Settings) -> list[sql.Composed]:
+    statements = [sql.SQL("CREATE EXTENSION IF NOT EXISTS vector").format()]
+    statements += state_ddl(SinkNames.of(settings))
+    for schema, table in settings.sink_tables():
+        statements += sink_table_ddl(
+            schema, table, settings.sink.vector_type, settings.embedding.dimensions
+        )
+    return statements
+
+
+def publication_table_list(tables: list[SourceTable]) -> sql.Composed:
+    """`schema.table (columns)` for each table; no column list where replica identity is FULL
+    (PostgreSQL then requires every column to be published)."""
+    return sql.SQL(", ").join(_published(table) for table in tables)
+
+
+def _published(table: SourceTable) -> sql.Composed:
+    if table.replica_identity == "f":
+        return sql.SQL("{}").format(table.identifier)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.published_columns)
+    return sql.SQL("{} ({})").format(table.identifier, columns)
+
+
+def create_publication(name: str, tables: list[SourceTable]) -> sql.Composed:
+    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+        sql.Identifier(name), publication_table_list(tables)
+    )
+
+
+def alter_publication(name: str, tables: list[SourceTable]) -> sql.Composed:
+    return sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
+        sql.Identifier(name), publication_table_list(tables)
+    )

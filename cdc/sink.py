@@ -1,0 +1,344 @@
+"""The sink: vectors, dead letters and the checkpoint, written in one transaction.
+
+Writes are idempotent (upserts keyed by source table, id and chunk; deletes by key), so a batch
+replayed after a crash leaves the same rows. The checkpoint LSN commits with the vectors it
+covers; the stream confirms it to the server only after that commit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pgvector.psycopg import register_vector_async
+from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+
+from cdc.config import Settings
+from cdc.embed import Vector
+from cdc.lsn import Lsn
+from cdc.plan import ChunkWork, RowState, SourceKey, StoredChunk
+from cdc.schema import SinkNames
+
+Conn = AsyncConnection[tuple[Any, ...]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    checkpoint: Lsn | None
+    snapshot_done: bool
+    model: str | None
+    dimensions: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    work: ChunkWork
+    error: str
+
+
+@dataclass(slots=True)
+class SinkWrite:
+    """Everything one flush writes; applied in this order inside one transaction."""
+
+    truncated: list[str] = field(default_factory=list)
+    remove: list[RowState] = field(default_factory=list)
+    trim: list[tuple[RowState, int]] = field(default_factory=list)
+    upserts: list[tuple[ChunkWork, Vector]] = field(default_factory=list)
+    metadata_only: list[ChunkWork] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # Rows that landed: any dead letter they had is resolved.
+    landed: list[SourceKey] = field(default_factory=list)
+    checkpoint: int | None = None
+
+
+def _lsn_text(lsn: int | None) -> str | None:
+    return None if lsn is None else str(Lsn(lsn))
+
+
+class Sink:
+    def __init__(self, conn: Conn, settings: Settings) -> None:
+        self._conn = conn
+        self._settings = settings
+        self._names = SinkNames.of(settings)
+        self._model = settings.embedding.model
+        self._slot = settings.source.slot
+        # source table -> (schema, table) of its sink table
+        self._targets = {t.table: settings.target_of(t) for t in settings.tables}
+        self._dead_letters_present = True
+
+    @classmethod
+    async def connect(cls, conn: Conn, settings: Settings) -> Sink:
+        await register_vector_async(conn)
+        sink = cls(conn, settings)
+        sink._dead_letters_present = await sink.dead_letter_count() > 0
+        return sink
+
+    @property
+    def connection(self) -> Conn:
+        return self._conn
+
+    def target(self, source_table: str) -> sql.Identifier:
+        return sql.Identifier(*self._targets[source_table])
+
+    @property
+    def dead_letter_table(self) -> sql.Identifier:
+        return self._names.dead_letters
+
+    async def load_state(self) -> SinkState:
+        query = sql.SQL(
+            "SELECT checkpoint_lsn::text, snapshot_done, model, dimensions FROM {} WHERE slot = %s"
+        ).format(self._names.state)
+        async with self._conn.transaction():
+            row = await (await self._conn.execute(query, (self._slot,))).fetchone()
+        if row is None:
+            return SinkState(None, False, None, None)
+        checkpoint = Lsn.parse(row[0]) if row[0] else None
+        return SinkState(checkpoint, bool(row[1]), row[2], row[3])
+
+    async def dead_letter_count(self) -> int:
+        query = sql.SQL("SELECT count(*) FROM {}").format(self._names.dead_letters)
+        async with self._conn.transaction():
+            row = await (await self._conn.execute(query)).fetchone()
+        return int(row[0]) if row else 0
+
+    async def stored_chunks(
+        self, keys: Iterable[SourceKey]
+    ) -> dict[SourceKey, dict[int, StoredChunk]]:
+        """What the sink holds for these rows: chunk number -> hash, model, metadata."""
+        stored: dict[SourceKey, dict[int, StoredChunk]] = defaultdict(dict)
+        async with self._conn.transaction():
+            for target, group in _by_target(self._targets, list(keys), lambda key: key[0]):
+                await self._read_chunks(target, group, stored)
+        return stored
+
+    async def _read_chunks(
+        self,
+        target: sql.Identifier,
+        keys: Sequence[SourceKey],
+        into: dict[SourceKey, dict[int, StoredChunk]],
+    ) -> None:
+        query = sql.SQL(
+            "SELECT s.source_table, s.source_id, s.chunk, s.content_hash, s.model, s.metadata "
+            "FROM {} AS s JOIN unnest(%s::text[], %s::text[]) AS k(t, i) "
+            "ON s.source_table = k.t AND s.source_id = k.i"
+        ).format(target)
+        tables = [key[0] for key in keys]
+        ids = [key[1] for key in keys]
+        cursor = await self._conn.execute(query, (tables, ids))
+        for table, source_id, chunk, digest, model, metadata in await cursor.fetchall():
+            into[(table, source_id)][chunk] = StoredChunk(digest, model, metadata)
+
+    async def write(self, batch: SinkWrite) -> None:
+        """Apply `batch` and move the checkpoint, atomically."""
+        async with self._conn.transaction():
+            await self._truncate(batch.truncated)
+            await self._remove(batch.remove)
+            await self._trim(batch.trim)
+            await self._upsert(batch.upserts)
+            await self._update_metadata(batch.metadata_only)
+            await self._resolve_dead_letters(batch)
+            await self._record_dead_letters(batch.dead_letters)
+            if batch.checkpoint is not None:
+                await self._save_checkpoint(batch.checkpoint)
+
+    async def _truncate(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            query = sql.SQL("DELETE FROM {} WHERE source_table = %s")
+            await self._conn.execute(query.format(self.target(table)), (table,))
+            await self._conn.execute(query.format(self._names.dead_letters), (table,))
+
+    async def _remove(self, rows: Sequence[RowState]) -> None:
+        for target, group in _by_target(self._targets, rows, lambda r: r.source_table):
+            query = sql.SQL(
+                "DELETE FROM {} AS s USING unnest(%s::text[], %s::text[]) AS k(t, i) "
+                "WHERE s.source_table = k.t AND s.source_id = k.i"
+            ).format(target)
+            await self._conn.execute(
+                query, ([r.source_table for r in group], [r.source_id for r in group])
+            )
+
+    async def _trim(self, trims: Sequence[tuple[RowState, int]]) -> None:
+        for target, group in _by_target(self._targets, trims, lambda t: t[0].source_table):
+            query = sql.SQL(
+                "DELETE FROM {} AS s USING unnest(%s::text[], %s::text[], %s::int[]) AS k(t, i, n) "
+                "WHERE s.source_table = k.t AND s.source_id = k.i AND s.chunk >= k.n"
+            ).format(target)
+            await self._conn.execute(
+                query,
+                (
+                    [row.source_table for row, _ in group],
+                    [row.source_id for row, _ in group],
+                    [keep for _, keep in group],
+                ),
+            )
+
+    async def _upsert(self, upserts: Sequence[tuple[ChunkWork, Vector]]) -> None:
+        for target, group in _by_target(self._targets, upserts, lambda u: u[0].row.source_table):
+            query = sql.SQL(
+                "INSERT INTO {} (source_table, source_id, chunk, content, content_hash, model, "
+                "embedding, metadata, lsn, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::pg_lsn, now()) "
+                "ON CONFLICT (source_table, source_id, chunk) DO UPDATE SET "
+                "content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, "
+                "model = EXCLUDED.model, embedding = EXCLUDED.embedding, "
+                "metadata = EXCLUDED.metadata, lsn = EXCLUDED.lsn, updated_at = now()"
+            ).format(target)
+            params = [
+                (
+                    work.row.source_table,
+                    work.row.source_id,
+                    work.chunk.number,
+                    work.chunk.text,
+                    work.chunk.hash,
+                    self._model,
+                    vector,
+                    Jsonb(work.row.metadata),
+                    _lsn_text(work.row.lsn),
+                )
+                for work, vector in group
+            ]
+            async with self._conn.cursor() as cursor:
+                await cursor.executemany(query, params)
+
+    async def _update_metadata(self, works: Sequence[ChunkWork]) -> None:
+        for target, group in _by_target(self._targets, works, lambda w: w.row.source_table):
+            query = sql.SQL(
+                "UPDATE {} AS s SET metadata = k.m, updated_at = now() "
+                "FROM unnest(%s::text[], %s::text[], %s::int[], %s::jsonb[]) AS k(t, i, n, m) "
+                "WHERE s.source_table = k.t AND s.source_id = k.i AND s.chunk = k.n"
+            ).format(target)
+            await self._conn.execute(
+                query,
+                (
+                    [w.row.source_table for w in group],
+                    [w.row.source_id for w in group],
+                    [w.chunk.number for w in group],
+                    [Jsonb(w.row.metadata) for w in group],
+                ),
+            )
+
+    async def _resolve_dead_letters(self, batch: SinkWrite) -> None:
+        if not self._dead_letters_present:
+            return
+        keys = batch.landed + [row.key for row in batch.remove]
+        if not keys:
+            return
+        query = sql.SQL(
+            "DELETE FROM {} AS d USING unnest(%s::text[], %s::text[]) AS k(t, i) "
+            "WHERE d.source_table = k.t AND d.source_id = k.i"
+        ).format(self._names.dead_letters)
+        await self._conn.execute(query, ([k[0] for k in keys], [k[1] for k in keys]))
+
+    async def _record_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        self._dead_letters_present = True
+        query = sql.SQL(
+            "INSERT INTO {} AS d (source_table, source_id, chunk, error, content, lsn) "
+            "VALUES (%s, %s, %s, %s, %s, %s::pg_lsn) "
+            "ON CONFLICT (source_table, source_id, chunk) DO UPDATE SET error = EXCLUDED.error, "
+            "content = EXCLUDED.content, lsn = EXCLUDED.lsn, attempts = d.attempts + 1, "
+            "last_failed_at = now()"
+        ).format(self._names.dead_letters)
+        params = [
+            (
+                letter.work.row.source_table,
+                letter.work.row.source_id,
+                letter.work.chunk.number,
+                letter.error,
+                letter.work.chunk.text,
+                _lsn_text(letter.work.row.lsn),
+            )
+            for letter in letters
+        ]
+        async with self._conn.cursor() as cursor:
+            await cursor.executemany(query, params)
+
+    async def _save_checkpoint(self, lsn: int) -> None:
+        query = sql.SQL(
+            "INSERT INTO {} (slot, checkpoint_lsn, model, dimensions) "
+            "VALUES (%s, %s::pg_lsn, %s, %s) "
+            "ON CONFLICT (slot) DO UPDATE SET checkpoint_lsn = EXCLUDED.checkpoint_lsn, "
+            "updated_at = now()"
+        ).format(self._names.state)
+        embedding = self._settings.embedding
+        await self._conn.execute(
+            query, (self._slot, _lsn_text(lsn), embedding.model, embedding.dimensions)
+        )
+
+    async def mark_snapshot(self, done: bool, checkpoint: int | None) -> None:
+        """Record that a snapshot began (done=False, no checkpoint) or completed at `checkpoint`."""
+        query = sql.SQL(
+            "INSERT INTO {} (slot, checkpoint_lsn, snapshot_done, model, dimensions) "
+            "VALUES (%s, %s::pg_lsn, %s, %s, %s) ON CONFLICT (slot) DO UPDATE SET "
+            "checkpoint_lsn = EXCLUDED.checkpoint_lsn, snapshot_done = EXCLUDED.snapshot_done, "
+            "model = EXCLUDED.model, dimensions = EXCLUDED.dimensions, updated_at = now()"
+        ).format(self._names.state)
+        embedding = self._settings.embedding
+        async with self._conn.transaction():
+            await self._conn.execute(
+                query,
+                (self._slot, _lsn_text(checkpoint), done, embedding.model, embedding.dimensions),
+            )
+
+
+SEEN_TABLE = sql.Identifier("wal2vec_snapshot_seen")
+
+
+class SeenKeys:
+    """The keys a snapshot read, kept in a temporary table of the sink session so memory stays
+    bounded; sink rows of those tables whose key was not seen are orphans."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    async def start(self) -> None:
+        conn = self._sink.connection
+        await conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} (source_table text, source_id text)"
+            ).format(SEEN_TABLE)
+        )
+        await conn.execute(sql.SQL("TRUNCATE {}").format(SEEN_TABLE))
+
+    async def add(self, keys: Sequence[SourceKey]) -> None:
+        conn = self._sink.connection
+        async with (
+            conn.cursor() as cursor,
+            cursor.copy(
+                sql.SQL("COPY {} (source_table, source_id) FROM STDIN").format(SEEN_TABLE)
+            ) as copy,
+        ):
+            for key in keys:
+                await copy.write_row(key)
+
+    async def remove_unseen(self, source_tables: Sequence[str]) -> int:
+        """Delete sink rows (and dead letters) of `source_tables` the snapshot did not see."""
+        removed = 0
+        conn = self._sink.connection
+        targets = [self._sink.target(t) for t in source_tables] + [self._sink.dead_letter_table]
+        unique = list({target.as_string(): target for target in targets}.values())
+        async with conn.transaction():
+            for target in unique:
+                query = sql.SQL(
+                    "DELETE FROM {} AS s WHERE s.source_table = ANY(%s) AND NOT EXISTS "
+                    "(SELECT 1 FROM {} AS k WHERE k.source_table = s.source_table "
+                    "AND k.source_id = s.source_id)"
+                ).format(target, SEEN_TABLE)
+                cursor = await conn.execute(query, (list(source_tables),))
+                removed += max(cursor.rowcount, 0)
+        return removed
+
+
+def _by_target(
+    targets: dict[str, tuple[str, str]], items: Sequence[T], table_of: Callable[[T], str]
+) -> list[tuple[sql.Identifier, list[T]]]:
+    """Group items by the sink table their source table writes to."""
+    groups: dict[tuple[str, str], list[T]] = defaultdict(list)
+    for item in items:
+        groups[targets[table_of(item)]].append(item)
+    return [(sql.Identifier(*target), group) for target, group in groups.items()]

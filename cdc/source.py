@@ -1,0 +1,172 @@
+"""What wal2vec reads from the source database outside the replication stream.
+
+Catalog checks for `setup` and `run` (tables, columns, keys, wal_level), the rows of a table in
+key order for snapshots, and current values of rows whose unchanged TOAST values the stream did
+not resend. Every identifier from configuration goes through `psycopg.sql.Identifier`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection, sql
+
+from cdc.config import TableConfig
+from cdc.errors import ConfigError
+
+Columns = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTable:
+    """A configured table as the catalog describes it."""
+
+    config: TableConfig
+    key_names: Columns
+    key_types: tuple[str, ...]
+    replica_identity: str  # d(efault) | i(ndex) | f(ull) | n(othing)
+
+    @property
+    def name(self) -> str:
+        return self.config.table
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.config.schema_name, self.config.table_name)
+
+    @property
+    def published_columns(self) -> Columns:
+        """Key, content and metadata columns, each once, in that order."""
+        names = (*self.key_names, *self.config.columns, *self.config.metadata)
+        return tuple(dict.fromkeys(names))
+
+    def select_list(self) -> sql.Composed:
+        """Key, content and metadata columns in their text form, the way pgoutput sends them."""
+        columns = (*self.key_names, *self.config.columns, *self.config.metadata)
+        return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns)
+
+
+async def check_wal_level(conn: AsyncConnection[tuple[str]]) -> None:
+    row = await (await conn.execute("SHOW wal_level")).fetchone()
+    level = row[0] if row else "unknown"
+    if level != "logical":
+        raise ConfigError(
+            f"the source server has wal_level = {level}; logical replication needs "
+            "wal_level = logical. Run `ALTER SYSTEM SET wal_level = logical` and restart PostgreSQL"
+        )
+
+
+async def describe_tables(
+    conn: AsyncConnection[tuple[object, ...]], tables: Sequence[TableConfig]
+) -> list[SourceTable]:
+    """Check every configured table, column and key against the catalog."""
+    return [await _describe(conn, table) for table in tables]
+
+
+_TABLE_QUERY = """
+SELECT c.oid, c.relreplident
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+"""
+_COLUMNS_QUERY = """
+SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+"""
+# The key that identifies a row: the replica identity index when there is one, else the
+# primary key (replica identity DEFAULT and FULL both use the primary key for our purposes).
+_KEY_QUERY = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s AND (CASE WHEN %s = 'i' THEN i.indisreplident ELSE i.indisprimary END)
+ORDER BY k.position
+"""
+
+
+async def _describe(conn: AsyncConnection[tuple[object, ...]], table: TableConfig) -> SourceTable:
+    found = await (
+        await conn.execute(_TABLE_QUERY, (table.schema_name, table.table_name))
+    ).fetchone()
+    if found is None:
+        raise ConfigError(
+            f"table {table.table} (from tables[].table) does not exist in the source database; "
+            "check the schema and the exact, case-sensitive name"
+        )
+    oid, identity = found[0], str(found[1])
+    rows = await (await conn.execute(_COLUMNS_QUERY, (oid,))).fetchall()
+    existing = {str(row[0]) for row in rows}
+    for key in ("columns", "metadata"):
+        missing = [c for c in getattr(table, key) if c not in existing]
+        if missing:
+            raise ConfigError(
+                f"{table.table}: {key} {missing} do not exist; the table has {sorted(existing)}"
+            )
+    keys = await (await conn.execute(_KEY_QUERY, (oid, identity))).fetchall()
+    if not keys or identity == "n":
+        raise ConfigError(
+            f"{table.table} has no primary key (replica identity {identity!r}): wal2vec needs a "
+            "key to identify rows; add a primary key or set REPLICA IDENTITY USING INDEX"
+        )
+    return SourceTable(
+        config=table,
+        key_names=tuple(str(k[0]) for k in keys),
+        key_types=tuple(str(k[1]) for k in keys),
+        replica_identity=identity,
+    )
+
+
+def rows_by_keys_query(table: SourceTable) -> sql.Composed:
+    """Select rows by their key given as one text array per key column."""
+    arrays = sql.SQL(", ").join(sql.Placeholder() for _ in table.key_names)
+    names = [sql.Identifier(f"k{i}") for i in range(len(table.key_names))]
+    matches = sql.SQL(" AND ").join(
+        sql.SQL("t.{} = k.{}::{}").format(sql.Identifier(column), alias, sql.SQL(type_name))
+        for column, alias, type_name in zip(table.key_names, names, table.key_types, strict=True)
+    )
+    return sql.SQL("SELECT {} FROM {} AS t JOIN unnest({}) AS k({}) ON {}").format(
+        _qualified_select_list(table),
+        table.identifier,
+        arrays,
+        sql.SQL(", ").join(names),
+        matches,
+    )
+
+
+def _qualified_select_list(table: SourceTable) -> sql.Composed:
+    columns = (*table.key_names, *table.config.columns, *table.config.metadata)
+    return sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
+
+
+async def fetch_rows(
+    conn: AsyncConnection[tuple[str | None, ...]],
+    table: SourceTable,
+    keys: Sequence[tuple[str, ...]],
+) -> dict[tuple[str, ...], tuple[str | None, ...]]:
+    """Current rows for `keys`: key values -> (content..., metadata...) in text form."""
+    if not keys:
+        return {}
+    arrays = [list(column) for column in zip(*keys, strict=True)]
+    cursor = await conn.execute(rows_by_keys_query(table), arrays)
+    width = len(table.key_names)
+    return {
+        tuple(str(v) for v in row[:width]): tuple(row[width:]) for row in await cursor.fetchall()
+    }
+
+
+async def stream_table(
+    conn: AsyncConnection[tuple[str | None, ...]], table: SourceTable, batch_rows: int
+) -> AsyncIterator[list[tuple[str | None, ...]]]:
+    """Every row of `table` in key order, in lists of `batch_rows`, through a server-side cursor.
+
+    Runs inside the caller's transaction, so it sees the caller's snapshot.
+    """
+    order = sql.SQL(", ").join(sql.Identifier(k) for k in table.key_names)
+    query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+        table.select_list(), table.identifier, order
+    )
+    async with conn.cursor(name=f"wal2vec_snapshot_{abs(hash(table.name))}") as cursor:
+        cursor.itersize = batch_rows
+        await cursor.execute(query)
+        while rows := await cursor.fetchmany(batch_rows):
+            yield rows

@@ -1,0 +1,146 @@
+"""`cdc status` and `cdc teardown`: what the slot and the sink look like, and removing the slot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from cdc.config import Settings
+from cdc.provision import connect
+from cdc.schema import SinkNames
+from cdc.sink import Sink
+from cdc.slots import slot_info
+from cdc.stream import ReplicationStream
+
+
+async def collect_status(settings: Settings) -> dict[str, Any]:
+    source = await connect(settings.source.dsn, "source")
+    sink_conn = await connect(settings.sink_dsn, "sink")
+    try:
+        slot = await slot_info(source, settings.source.slot)
+        sink = Sink(sink_conn, settings)
+        state = await sink.load_state()
+        vectors = await _vector_counts(sink_conn, settings)
+        dead = await sink.dead_letter_count()
+    finally:
+        await source.close()
+        await sink_conn.close()
+    problems = []
+    if slot is None:
+        problems.append(f"slot {settings.source.slot} does not exist")
+    elif slot.wal_status == "lost":
+        problems.append(
+            f"slot {settings.source.slot} is invalidated (wal_status lost): run `cdc resync`"
+        )
+    return {
+        "slot": settings.source.slot,
+        "slot_exists": slot is not None,
+        "slot_active": slot.active if slot else False,
+        "wal_status": slot.wal_status if slot else None,
+        "server_lsn": str(slot.server_lsn) if slot else None,
+        "confirmed_lsn": str(slot.confirmed_flush) if slot and slot.confirmed_flush else None,
+        "lag_bytes": slot.lag_bytes if slot else None,
+        "retained_wal_bytes": slot.retained_wal_bytes if slot else None,
+        "checkpoint_lsn": str(state.checkpoint) if state.checkpoint else None,
+        "snapshot_done": state.snapshot_done,
+        "model": state.model,
+        "dimensions": state.dimensions,
+        "vectors": vectors,
+        "dead_letters": dead,
+        "problems": problems,
+        "healthy": not problems,
+    }
+
+
+async def _vector_counts(conn: Any, settings: Settings) -> dict[str, int]:
+    counts = {t.table: 0 for t in settings.tables}
+    for schema, table in settings.sink_tables():
+        exists = await (
+            await conn.execute(
+                "SELECT to_regclass(%s)", (sql.Identifier(schema, table).as_string(conn),)
+            )
+        ).fetchone()
+        if not exists or exists[0] is None:
+            continue
+        query = sql.SQL(
+            "SELECT source_table, count(DISTINCT source_id) FROM {} GROUP BY source_table"
+        ).format(sql.Identifier(schema, table))
+        for source_table, count in await (await conn.execute(query)).fetchall():
+            if source_table in counts:
+                counts[source_table] = int(count)
+    return counts
+
+
+def _slot_words(report: dict[str, Any]) -> str:
+    if not report["slot_exists"]:
+        return "(missing)"
+    activity = "active" if report["slot_active"] else "inactive"
+    return f"({activity}, wal_status {report['wal_status']})"
+
+
+def render_status(report: dict[str, Any]) -> str:
+    lines = [
+        f"slot            {report['slot']} " + _slot_words(report),
+        f"server lsn      {report['server_lsn']}",
+        f"confirmed lsn   {report['confirmed_lsn']}",
+        f"lag             {report['lag_bytes']} bytes",
+        f"retained wal    {report['retained_wal_bytes']} bytes",
+        f"checkpoint      {report['checkpoint_lsn']}",
+        f"snapshot        {'done' if report['snapshot_done'] else 'not done'}",
+        f"model           {report['model']} ({report['dimensions']} dimensions)",
+        f"dead letters    {report['dead_letters']}",
+        "vectors (rows with vectors, per table):",
+    ]
+    lines += [f"  {table:<30} {count}" for table, count in report["vectors"].items()]
+    lines += [f"PROBLEM: {problem}" for problem in report["problems"]]
+    return "\n".join(lines)
+
+
+async def teardown(settings: Settings, drop_publication: bool) -> list[str]:
+    """Drop the slot (and optionally the publication); vectors are never dropped."""
+    said = []
+    source = await connect(settings.source.dsn, "source")
+    try:
+        if await slot_info(source, settings.source.slot) is not None:
+            stream = ReplicationStream.connect(
+                settings.source.dsn, settings.source.slot, settings.source.publication
+            )
+            try:
+                stream.drop_slot()
+            finally:
+                stream.close()
+            said.append(f"dropped slot {settings.source.slot}")
+        else:
+            said.append(f"slot {settings.source.slot} did not exist")
+        if drop_publication:
+            await source.execute(
+                sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                    sql.Identifier(settings.source.publication)
+                )
+            )
+            said.append(f"dropped publication {settings.source.publication}")
+    finally:
+        await source.close()
+    await _reset_state(settings)
+    said.append(
+        "vectors kept; the next `cdc run` takes a new snapshot "
+        "(content that did not change is not embedded again)"
+    )
+    return said
+
+
+async def _reset_state(settings: Settings) -> None:
+    sink = await connect(settings.sink_dsn, "sink")
+    try:
+        names = SinkNames.of(settings)
+        exists = await (
+            await sink.execute("SELECT to_regclass(%s)", (names.state.as_string(sink),))
+        ).fetchone()
+        if exists and exists[0] is not None:
+            await sink.execute(
+                sql.SQL("DELETE FROM {} WHERE slot = %s").format(names.state),
+                (settings.source.slot,),
+            )
+    finally:
+        await sink.close()

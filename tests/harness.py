@@ -1,0 +1,282 @@
+"""Driving `cdc` as a user would (a subprocess) and checking the sink against the source.
+
+`assert_in_step` is the one checker every integration test ends with: each live source row with
+content has exactly the vectors of its current content (checked against the vector the fake
+endpoint gives for that text), and nothing else is in the sink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import yaml
+
+from cdc.content import content_hash, render_content, render_source_id, split_content
+from tests.fakes.openai_server import embed_vector
+
+DIMENSIONS = 32
+MODEL = "text-embedding-3-small"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # polling interval of a deadline wait, not a synchronisation
+        delay = min(delay * 2, 0.2)
+
+
+@dataclass
+class Table:
+    table: str
+    columns: list[str]
+    metadata: list[str] = field(default_factory=list)
+    target: str | None = None
+
+    def as_config(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"table": self.table, "columns": self.columns}
+        if self.metadata:
+            entry["metadata"] = self.metadata
+        if self.target:
+            entry["target"] = self.target
+        return entry
+
+
+@dataclass
+class Deployment:
+    """One wal2vec deployment under test: its database, slot, config file and endpoint."""
+
+    dsn: str
+    slot: str
+    base_url: str
+    workdir: Path
+    tables: list[Table]
+    extra: dict[str, Any] = field(default_factory=dict)
+    processes: list[CdcProcess] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "wal2vec.yaml"
+
+    def write_config(self) -> Path:
+        config: dict[str, Any] = {
+            "source": {"dsn": self.dsn, "slot": self.slot, "publication": self.slot},
+            "embedding": {
+                "model": MODEL,
+                "dimensions": DIMENSIONS,
+                "base_url": self.base_url,
+                "api_key": "sk-test-secret-key-do-not-print",
+                "max_attempts": 4,
+            },
+            "tables": [t.as_config() for t in self.tables],
+            "metrics": {"host": "127.0.0.1", "port": 0},
+            "buffer": {"max_age": 0.05},
+        }
+        for section, values in self.extra.items():
+            config.setdefault(section, {}).update(values)
+        self.config_path.write_text(yaml.safe_dump(config))
+        return self.config_path
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CDC_", "OPENAI_"))}
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        self.write_config()
+        return subprocess.run(
+            [sys.executable, "-m", "cdc", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self, *extra_args: str) -> CdcProcess:
+        self.write_config()
+        log = self.workdir / f"cdc-run-{time.monotonic_ns()}.log"
+        handle = log.open("w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "run", "--config", str(self.config_path), *extra_args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+        )
+        started = CdcProcess(process, log)
+        self.processes.append(started)
+        return started
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def execute(self, query: str, params: Any = None) -> None:
+        with self.connect() as conn:
+            conn.execute(query, params)
+
+    def current_lsn(self) -> str:
+        with self.connect() as conn:
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            assert row is not None
+            return str(row[0])
+
+    def checkpoint_reached(self, lsn: str) -> bool:
+        """Whether the slot's confirmed flush LSN is at or past `lsn`.
+
+        wal2vec confirms a position only after the sink committed everything before it.
+        """
+        if not self.snapshot_done():
+            return False  # a new slot starts past `lsn` while its snapshot is still written
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (lsn, self.slot),
+            ).fetchone()
+            return bool(row and row[0])
+
+    def snapshot_done(self) -> bool:
+        with self.connect() as conn:
+            try:
+                row = conn.execute(
+                    "SELECT snapshot_done FROM cdc_state WHERE slot = %s", (self.slot,)
+                ).fetchone()
+            except psycopg.errors.UndefinedTable:
+                return False  # `cdc run` has not created its tables yet
+            return bool(row and row[0])
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until `cdc run` finished its snapshot and streams."""
+        wait_until(lambda: self._alive() and self.snapshot_done(), timeout, "snapshot done")
+
+    def wait_caught_up(self, timeout: float = 60.0) -> None:
+        """Wait until every change committed so far is in the sink.
+
+        A no-op transaction after the workload moves the server's position; the confirmed
+        position passes it once the streamer applied everything before.
+        """
+        self.execute("SELECT pg_logical_emit_message(true, 'wal2vec-test', 'sync')")
+        target = self.current_lsn()
+        wait_until(
+            lambda: self._alive() and self.checkpoint_reached(target),
+            timeout,
+            f"checkpoint >= {target}",
+        )
+
+    def _alive(self) -> bool:
+        """True while the latest `cdc run` runs; raises with its log if it exited."""
+        if self.processes:
+            self.processes[-1].assert_running()
+        return True
+
+    def sink_rows(self, sink_table: str = "cdc_embeddings") -> list[dict[str, Any]]:
+        with self.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            cur.execute(
+                f"SELECT source_table, source_id, chunk, content, content_hash, model, "
+                f"embedding::text AS embedding, metadata, lsn::text AS lsn FROM {sink_table} "
+                "ORDER BY 1, 2, 3"
+            )
+            return list(cur.fetchall())
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        with self.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            cur.execute("SELECT * FROM cdc_dead_letters ORDER BY source_table, source_id")
+            return list(cur.fetchall())
+
+
+@dataclass
+class CdcProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait for the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+
+    def assert_running(self) -> None:
+        code = self.process.poll()
+        assert code is None, f"cdc run exited with {code}:\n{self.output}"
+
+
+def expected_vectors(
+    deployment: Deployment, max_chunk_chars: int = 6000
+) -> dict[tuple[str, str, int], str]:
+    """What the sink must hold: (table, id, chunk) -> content, computed from the source."""
+    expected: dict[tuple[str, str, int], str] = {}
+    dead = {(d["source_table"], d["source_id"]) for d in deployment.dead_letters()}
+    with deployment.connect() as conn:
+        for table in deployment.tables:
+            schema, name = table.table.split(".", 1)
+            keys = _key_columns(conn, schema, name)
+            columns = ", ".join(f'"{c}"::text' for c in [*keys, *table.columns])
+            rows = conn.execute(f'SELECT {columns} FROM "{schema}"."{name}"').fetchall()
+            for row in rows:
+                source_id = render_source_id([str(v) for v in row[: len(keys)]])
+                content = render_content(row[len(keys) :])
+                if (table.table, source_id) in dead:
+                    continue
+                for number, piece in enumerate(split_content(content, max_chunk_chars)):
+                    expected[(table.table, source_id, number)] = piece
+    return expected
+
+
+def _key_columns(conn: psycopg.Connection[Any], schema: str, name: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, pos) ON true "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+        "WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary ORDER BY k.pos",
+        (schema, name),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def assert_in_step(deployment: Deployment, sink_table: str = "cdc_embeddings") -> int:
+    """The sink holds exactly the vectors of the source's current content. Returns the count."""
+    expected = expected_vectors(deployment)
+    actual = {
+        (r["source_table"], r["source_id"], r["chunk"]): r for r in deployment.sink_rows(sink_table)
+    }
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    assert not missing, f"vectors missing for {missing[:10]} ({len(missing)} in all)"
+    assert not extra, f"vectors that should not be there: {extra[:10]} ({len(extra)} in all)"
+    for key, content in expected.items():
+        row = actual[key]
+        assert row["content"] == content, f"{key}: stale content {row['content'][:60]!r}"
+        assert row["content_hash"] == content_hash(content), f"{key}: wrong hash"
+        assert row["model"] == MODEL
+        stored = np.array(json.loads(row["embedding"]), dtype=np.float32)
+        wanted = embed_vector(content, DIMENSIONS)
+        assert np.allclose(stored, wanted, atol=1e-5), f"{key}: the vector is not its content's"
+    return len(expected)
