@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +151,27 @@ def test_timestamp_round_trip_is_exact(us: int) -> None:
 def test_naive_datetime_is_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         pg_epoch_us(datetime(2025, 1, 1))
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.frames")), ids=lambda p: p.stem)
+def test_every_captured_frame_parses(path: Path) -> None:
+    """Frames captured from PostgreSQL 18: only `w` and `k`, all well-formed, times sane."""
+    data, pos = path.read_bytes(), 0
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    counts = {XLogData: 0, Keepalive: 0}
+    while pos < len(data):
+        (length,) = struct.unpack_from("!I", data, pos)
+        frame = parse_frame(memoryview(data)[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+        counts[type(frame)] += 1
+        assert pg_timestamp(frame.send_time).year >= 2025
+        if isinstance(frame, XLogData):
+            assert frame.wal_start == frame.wal_end  # pgoutput frames carry one position
+            assert len(frame.payload) >= 1
+        else:
+            assert frame.wal_end > 0
+    assert counts[XLogData] == manifest["xlogdata_frames"]
+    assert counts[Keepalive] == manifest["keepalive_frames"]
