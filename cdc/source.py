@@ -118,7 +118,7 @@ async def _describe(conn: AsyncConnection[tuple[object, ...]], table: TableConfi
 
 def rows_by_keys_query(table: SourceTable) -> sql.Composed:
     """Select rows by their key given as one text array per key column."""
-    arrays = sql.SQL(", ").join(sql.Placeholder() for _ in table.key_names)
+    arrays = sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in table.key_names)
     names = [sql.Identifier(f"k{i}") for i in range(len(table.key_names))]
     matches = sql.SQL(" AND ").join(
         sql.SQL("t.{} = k.{}::{}").format(sql.Identifier(column), alias, sql.SQL(type_name))

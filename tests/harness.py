@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,26 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)  # polling interval of a deadline wait, not a synchronisation
         delay = min(delay * 2, 0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int, name: str, labels: str = "") -> float | None:
+    """The value of one sample on a running `cdc run`'s /metrics, or None."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError:
+        return None
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in body.decode().splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == wanted:
+            return float(value)
+    return None
 
 
 @dataclass

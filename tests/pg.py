@@ -84,7 +84,7 @@ def start_server(data_dir: Path, extra: dict[str, str] | None = None) -> PgServe
     server.restart()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         level = conn.execute("SHOW wal_level").fetchone()
-        assert level is not None and level[0] == "logical", level
+        assert level is not None and level[0] == settings["wal_level"], level
     return server
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import Deployment, assert_in_step
+from tests.harness import Deployment, assert_in_step, free_port
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_metrics_endpoint_serves_prometheus_text(
     import re
     import urllib.request
 
-    deployment.extra = {"metrics": {"port": _free_port()}}
+    deployment.extra = {"metrics": {"port": free_port()}}
     process = deployment.start()
     try:
         deployment.wait_ready()
@@ -126,11 +126,3 @@ def test_metrics_endpoint_serves_prometheus_text(
         assert "sk-test-secret" not in body
     finally:
         assert process.stop() == 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
