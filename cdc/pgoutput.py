@@ -80,6 +80,8 @@ Row: TypeAlias = tuple[Value, ...]
 
 @dataclass(frozen=True, slots=True)
 class Begin:
+    """Start of a transaction that is sent whole, at commit time (not streamed)."""
+
     final_lsn: int
     commit_time: int
     xid: int
@@ -87,6 +89,8 @@ class Begin:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
+    """End of a Begin..Commit transaction; `commit_lsn` equals the Begin's `final_lsn`."""
+
     flags: int
     commit_lsn: int
     end_lsn: int
@@ -95,12 +99,16 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
+    """The transaction was replayed under a replication origin; follows its Begin."""
+
     commit_lsn: int
     name: str
 
 
 @dataclass(frozen=True, slots=True)
 class RelationColumn:
+    """`is_key`: part of the replica identity (with REPLICA IDENTITY FULL: every column)."""
+
     name: str
     type_oid: int
     type_modifier: int
@@ -109,6 +117,9 @@ class RelationColumn:
 
 @dataclass(frozen=True, slots=True)
 class Relation:
+    """Schema of a table, sent before its first change and again after invalidations
+    (ALTER, TRUNCATE, a Stream Abort...). `replica_identity` is 'd', 'n', 'f' or 'i'."""
+
     xid: int | None
     relation_id: int
     namespace: str
@@ -119,6 +130,8 @@ class Relation:
 
 @dataclass(frozen=True, slots=True)
 class TypeInfo:
+    """Name of a user-defined type used by a column (sent before the Relation)."""
+
     xid: int | None
     type_oid: int
     namespace: str
@@ -127,6 +140,8 @@ class TypeInfo:
 
 @dataclass(frozen=True, slots=True)
 class Insert:
+    """A new row. See `Update` for what `xid` means."""
+
     xid: int | None
     relation_id: int
     new: Row
@@ -134,6 +149,15 @@ class Insert:
 
 @dataclass(frozen=True, slots=True)
 class Update:
+    """A changed row.
+
+    `xid` is None outside a streamed block; inside one it is the xid of the (sub)transaction
+    that made the change, which is a subtransaction's xid after a SAVEPOINT, not necessarily
+    the block's top-level xid. `old_kind` is 'K' (old replica identity key, other columns
+    None) when the key changed, 'O' (whole old row) with REPLICA IDENTITY FULL, else None.
+    Unchanged TOASTed columns of `new` are `UNCHANGED_TOAST`.
+    """
+
     xid: int | None
     relation_id: int
     old: Row | None
@@ -143,6 +167,8 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
+    """A deleted row: `old_kind` 'K' (key columns set, the rest None) or 'O' (whole row)."""
+
     xid: int | None
     relation_id: int
     old: Row
@@ -151,6 +177,8 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Truncate:
+    """TRUNCATE of one or more tables (CASCADE adds the referencing ones)."""
+
     xid: int | None
     relation_ids: tuple[int, ...]
     cascade: bool
@@ -159,6 +187,8 @@ class Truncate:
 
 @dataclass(frozen=True, slots=True)
 class LogicalMessage:
+    """pg_logical_emit_message(); non-transactional ones arrive outside any transaction."""
+
     xid: int | None
     transactional: bool
     lsn: int
@@ -168,17 +198,21 @@ class LogicalMessage:
 
 @dataclass(frozen=True, slots=True)
 class StreamStart:
+    """Start of a block of a large in-progress transaction `xid` (streaming on)."""
+
     xid: int
     first_segment: bool
 
 
 @dataclass(frozen=True, slots=True)
 class StreamStop:
-    pass
+    """End of a streamed block; more blocks or the Stream Commit/Abort follow later."""
 
 
 @dataclass(frozen=True, slots=True)
 class StreamCommit:
+    """The streamed transaction `xid` committed: apply all its non-aborted blocks."""
+
     xid: int
     flags: int
     commit_lsn: int
@@ -188,6 +222,11 @@ class StreamCommit:
 
 @dataclass(frozen=True, slots=True)
 class StreamAbort:
+    """Discard changes of `subxid` (the whole transaction when `subxid == xid`).
+
+    `abort_lsn`/`abort_time` are only sent with streaming = parallel (protocol 4).
+    """
+
     xid: int
     subxid: int
     abort_lsn: int | None
@@ -196,6 +235,8 @@ class StreamAbort:
 
 @dataclass(frozen=True, slots=True)
 class BeginPrepare:
+    """Start of a prepared transaction (two_phase on)."""
+
     prepare_lsn: int
     end_lsn: int
     prepare_time: int
@@ -205,6 +246,8 @@ class BeginPrepare:
 
 @dataclass(frozen=True, slots=True)
 class Prepare:
+    """PREPARE TRANSACTION of the transaction started by Begin Prepare."""
+
     flags: int
     prepare_lsn: int
     end_lsn: int
@@ -215,6 +258,8 @@ class Prepare:
 
 @dataclass(frozen=True, slots=True)
 class CommitPrepared:
+    """COMMIT PREPARED of transaction `gid`."""
+
     flags: int
     commit_lsn: int
     end_lsn: int
@@ -225,6 +270,8 @@ class CommitPrepared:
 
 @dataclass(frozen=True, slots=True)
 class RollbackPrepared:
+    """ROLLBACK PREPARED of transaction `gid`."""
+
     flags: int
     prepare_end_lsn: int
     rollback_end_lsn: int
@@ -236,6 +283,8 @@ class RollbackPrepared:
 
 @dataclass(frozen=True, slots=True)
 class StreamPrepare:
+    """PREPARE TRANSACTION of a streamed transaction (two_phase and streaming on)."""
+
     flags: int
     prepare_lsn: int
     end_lsn: int
