@@ -768,7 +768,7 @@ def test_golden_mixed_case_names_are_exact() -> None:
 def test_golden_unicode_text() -> None:
     assert [i.new for i in of_type("unicode", Insert)] == [
         ("1", "سلام دنیا", "این یک متن فارسی است.", "1"),
-        ("2", "你好，世界", "这是一段中文文本。", "2"),  # noqa: RUF001 - real Chinese punctuation
+        ("2", "你好，世界", "这是一段中文文本。", "2"),
         ("3", "🚀 launch 🎉", "mixed: ñ ü ß 👩\u200d💻 👍🏽", "3"),
     ]
     assert of_type("unicode", Update)[0].new[1] == "درود 🌍"

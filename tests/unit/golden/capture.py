@@ -292,7 +292,7 @@ SCENARIOS = [
         "Persian, Chinese and emoji text",
         [
             "INSERT INTO notes VALUES (1, 'سلام دنیا', 'این یک متن فارسی است.', 1)",
-            "INSERT INTO notes VALUES (2, '你好，世界', '这是一段中文文本。', 2)",  # noqa: RUF001
+            "INSERT INTO notes VALUES (2, '你好，世界', '这是一段中文文本。', 2)",
             "INSERT INTO notes VALUES (3, '🚀 launch 🎉', 'mixed: ñ ü ß 👩‍💻 👍🏽', 3)",
             "UPDATE notes SET title = 'درود 🌍' WHERE id = 1",
         ],
