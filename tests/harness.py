@@ -210,7 +210,10 @@ class Deployment:
         return True
 
     def sink_rows(self, sink_table: str = "cdc_embeddings") -> list[dict[str, Any]]:
+        """The sink's rows in key order; none while `cdc run` has not created the table."""
         with self.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            if conn.execute("SELECT to_regclass(%s)", (sink_table,)).fetchone() == (None,):
+                return []
             cur.execute(
                 f"SELECT source_table, source_id, chunk, content, content_hash, model, "
                 f"embedding::text AS embedding, metadata, lsn::text AS lsn FROM {sink_table} "

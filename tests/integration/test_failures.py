@@ -197,3 +197,24 @@ def test_status_reports_slot_lag_and_vectors(deployment: Deployment, running: Cd
     assert report["lag_bytes"] is not None and report["dead_letters"] == 0
     text = deployment.cli("status")
     assert text.returncode == 0 and "public.articles" in text.stdout
+
+
+def test_kill_9_during_the_snapshot_is_recovered_by_the_next_start(
+    deployment: Deployment, endpoint: FakeOpenAIServer
+) -> None:
+    deployment.execute(
+        "INSERT INTO articles (id, title, body) "
+        "SELECT g, 'snapshot ' || g, 'row ' || g FROM generate_series(1, 5000) g"
+    )
+    endpoint.latency = 0.3  # about 1.5 s of snapshot: five batches of 1000 rows
+    first = deployment.start()
+    wait_until(lambda: len(deployment.sink_rows()) >= 1000, 60, "part of the snapshot written")
+    assert not deployment.snapshot_done()
+    first.kill()
+    endpoint.latency = 0.0
+    second = deployment.start()
+    deployment.wait_caught_up()
+    assert assert_in_step(deployment) == 5000
+    # Rows written before the kill were not embedded again (at most the batch in flight was).
+    assert len(endpoint.inputs) <= 5000 + 1000
+    assert second.stop() == 0, second.output
