@@ -102,17 +102,18 @@ class ChangeBuffer:
         key = (change.table, change.source_id)
         previous = self._rows.pop(key, None)
         if previous is not None:
-            self._bytes -= previous.size()
-            if not change.is_delete and not previous.is_delete:
+            self._bytes -= previous.size
+            if not change.is_delete and not previous.is_delete and change.has_unchanged_toast():
                 _fill_unchanged(change, previous)
+                change.resize()
         # Re-inserting moves the key to the end: rows drain in the order of their last change.
         self._rows[key] = change
-        self._bytes += change.size()
+        self._bytes += change.size
 
     def _truncate(self, truncate: TableTruncate) -> None:
         # Changes before the truncate are void; those after it stay (they are added later).
         for key in [key for key in self._rows if key[0] == truncate.table]:
-            self._bytes -= self._rows.pop(key).size()
+            self._bytes -= self._rows.pop(key).size
         self._truncated[truncate.table] = truncate
 
 

@@ -7,8 +7,9 @@ embedding and the sink need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Literal
 
 from cdc.config import TableConfig
@@ -19,6 +20,19 @@ from cdc.pgoutput import UNCHANGED_TOAST, Relation, Row, Value
 ChangeOp = Literal["insert", "update", "delete"]
 # What it costs to hold a change in memory beyond its values, roughly (objects, tuples, keys).
 CHANGE_OVERHEAD_BYTES = 240
+
+
+Picker = Callable[[Row], tuple[Value, ...]]
+
+
+def _picker(positions: tuple[int, ...]) -> Picker:
+    """A fast projection of a decoded row onto `positions` (always a tuple)."""
+    if not positions:
+        return lambda row: ()
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda row: (row[only],)
+    return itemgetter(*positions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,18 +46,30 @@ class TableShape:
     content_positions: tuple[int, ...]
     metadata_names: tuple[str, ...]
     metadata_positions: tuple[int, ...]
+    # Projections built once per relation: this runs for every change of the stream.
+    pick_key: Picker = field(init=False, repr=False, compare=False)
+    content_of: Picker = field(init=False, repr=False, compare=False)
+    metadata_of: Picker = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pick_key", _picker(self.key_positions))
+        object.__setattr__(self, "content_of", _picker(self.content_positions))
+        object.__setattr__(self, "metadata_of", _picker(self.metadata_positions))
 
     def key_of(self, row: Row) -> tuple[str, ...]:
-        values = tuple(row[i] for i in self.key_positions)
-        if any(not isinstance(value, str) for value in values):
+        values = self.pick_key(row)
+        if None in values or UNCHANGED_TOAST in values:
             raise ConfigError(f"{self.table}: a change arrived without its key values")
         return values  # type: ignore[return-value]
 
-    def content_of(self, row: Row) -> tuple[Value, ...]:
-        return tuple(row[i] for i in self.content_positions)
 
-    def metadata_of(self, row: Row) -> tuple[Value, ...]:
-        return tuple(row[i] for i in self.metadata_positions)
+def text_size(values: tuple[Value, ...] | None) -> int:
+    """Characters of text held in `values` (for the buffer's byte budget)."""
+    total = 0
+    for value in values or ():
+        if value.__class__ is str:
+            total += len(value)
+    return total
 
 
 @dataclass(slots=True)
@@ -62,28 +88,31 @@ class RowChange:
     metadata: tuple[Value, ...] | None
     commit_lsn: int
     commit_time: int
+    # Roughly what holding this change costs, in bytes; computed once.
+    size: int
 
     @property
     def is_delete(self) -> bool:
         return self.op == "delete"
 
-    def size(self) -> int:
-        total = CHANGE_OVERHEAD_BYTES + len(self.source_id)
-        for values in (self.content, self.metadata):
-            if values:
-                total += sum(len(v) for v in values if isinstance(v, str))
-        return total
+    def resize(self) -> None:
+        """Recompute `size` after `content` or `metadata` changed."""
+        self.size = (
+            CHANGE_OVERHEAD_BYTES
+            + len(self.source_id)
+            + text_size(self.content)
+            + text_size(self.metadata)
+        )
 
     def has_unchanged_toast(self) -> bool:
-        return any(
-            value is UNCHANGED_TOAST
-            for values in (self.content, self.metadata)
-            if values
-            for value in values
+        # `in` runs in C; this is called for every change that replaces a buffered one.
+        content, metadata = self.content, self.metadata
+        return (content is not None and UNCHANGED_TOAST in content) or (
+            metadata is not None and UNCHANGED_TOAST in metadata
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TableTruncate:
     """Every row of `table` is gone."""
 
@@ -141,29 +170,29 @@ def _positions(
 def upsert_change(
     shape: TableShape, row: Row, op: ChangeOp, commit_lsn: int, commit_time: int
 ) -> RowChange:
+    # The hot path of the stream: every insert and update passes here once.
     key = shape.key_of(row)
+    source_id = key[0] if len(key) == 1 else render_source_id(key)
+    content = shape.content_of(row)
+    metadata = shape.metadata_of(row)
+    size = CHANGE_OVERHEAD_BYTES + len(source_id) + text_size(content) + text_size(metadata)
     return RowChange(
-        table=shape.table,
-        source_id=render_source_id(key),
-        key=key,
-        op=op,
-        content=shape.content_of(row),
-        metadata=shape.metadata_of(row),
-        commit_lsn=commit_lsn,
-        commit_time=commit_time,
+        shape.table, source_id, key, op, content, metadata, commit_lsn, commit_time, size
     )
 
 
 def delete_change(
     shape: TableShape, key: tuple[str, ...], commit_lsn: int, commit_time: int
 ) -> RowChange:
+    source_id = render_source_id(key)
     return RowChange(
         table=shape.table,
-        source_id=render_source_id(key),
+        source_id=source_id,
         key=key,
         op="delete",
         content=None,
         metadata=None,
         commit_lsn=commit_lsn,
         commit_time=commit_time,
+        size=CHANGE_OVERHEAD_BYTES + len(source_id),
     )

@@ -37,18 +37,14 @@ from cdc.pgoutput import (
     Update,
 )
 
-# A change as received, bound to the table shape in force when it arrived (a later Relation
-# message may change the shape before the transaction commits).
-PendingChange = (
-    tuple[TableShape, Insert | Update | Delete] | tuple[tuple[TableShape, ...], Truncate]
-)
-
 
 @dataclass(slots=True)
 class _Open:
     xid: int
-    # (subtransaction xid or None, change); the xid lets a rolled-back savepoint be dropped.
-    changes: list[tuple[int | None, PendingChange]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    # For streamed transactions: the (sub)transaction xid of each change, so a rolled-back
+    # savepoint's changes can be dropped.
+    subxids: list[int | None] = field(default_factory=list)
 
 
 class TransactionAssembler:
@@ -67,7 +63,7 @@ class TransactionAssembler:
         return self._plain is None and not self._streamed
 
     def feed(self, message: Message) -> Transaction | None:
-        if isinstance(message, Insert | Update | Delete | Truncate):
+        if isinstance(message, Update | Insert | Delete | Truncate):
             self._add_change(message)
             return None
         if isinstance(message, Begin):
@@ -92,23 +88,27 @@ class TransactionAssembler:
         return None if table is None else shape_for(relation, table)
 
     def _add_change(self, message: Insert | Update | Delete | Truncate) -> None:
-        target = self._current_stream or self._plain
+        stream = self._current_stream
+        target = stream or self._plain
         if target is None:
             raise ProtocolError(f"{type(message).__name__} arrived outside any transaction")
-        pending = self._pending(message)
-        if pending is not None:
-            target.changes.append((message.xid, pending))
-
-    def _pending(self, message: Insert | Update | Delete | Truncate) -> PendingChange | None:
         if isinstance(message, Truncate):
-            shapes = tuple(
-                shape
-                for relation_id in message.relation_ids
-                if (shape := self._known_shape(relation_id)) is not None
-            )
-            return (shapes, message) if shapes else None
-        shape = self._known_shape(message.relation_id)
-        return None if shape is None else (shape, message)
+            changes = self._truncates(message)
+        else:
+            shape = self._known_shape(message.relation_id)
+            if shape is None:
+                return
+            changes = _row_changes(shape, message)
+        target.changes += changes
+        if stream is not None:
+            target.subxids += [message.xid] * len(changes)
+
+    def _truncates(self, message: Truncate) -> list[Change]:
+        return [
+            TableTruncate(shape.table, 0, 0)
+            for relation_id in message.relation_ids
+            if (shape := self._known_shape(relation_id)) is not None
+        ]
 
     def _known_shape(self, relation_id: int) -> TableShape | None:
         try:
@@ -118,18 +118,16 @@ class TransactionAssembler:
                 f"a change for relation {relation_id} arrived before its Relation message"
             ) from None
 
-    def _commit_plain(self, commit: Commit) -> Transaction | None:
+    def _commit_plain(self, commit: Commit) -> Transaction:
         if self._plain is None:
             raise ProtocolError("Commit arrived without Begin")
         opened, self._plain = self._plain, None
-        return _build(opened, commit.commit_lsn, commit.end_lsn, commit.commit_time)
+        return _committed(opened, commit.commit_lsn, commit.end_lsn, commit.commit_time)
 
-    def _commit_streamed(self, commit: StreamCommit) -> Transaction | None:
-        opened = self._streamed.pop(commit.xid, None)
-        if opened is None:
-            # A streamed transaction with no change of ours: nothing was kept for it.
-            opened = _Open(commit.xid)
-        return _build(opened, commit.commit_lsn, commit.end_lsn, commit.commit_time)
+    def _commit_streamed(self, commit: StreamCommit) -> Transaction:
+        # A streamed transaction with no change of ours has nothing kept for it.
+        opened = self._streamed.pop(commit.xid, None) or _Open(commit.xid)
+        return _committed(opened, commit.commit_lsn, commit.end_lsn, commit.commit_time)
 
     def _abort_streamed(self, abort: StreamAbort) -> None:
         if abort.subxid == abort.xid:
@@ -137,31 +135,33 @@ class TransactionAssembler:
             return
         opened = self._streamed.get(abort.xid)
         if opened is not None:
-            opened.changes = [item for item in opened.changes if item[0] != abort.subxid]
+            kept = [
+                (x, c)
+                for x, c in zip(opened.subxids, opened.changes, strict=True)
+                if x != abort.subxid
+            ]
+            opened.subxids = [x for x, _ in kept]
+            opened.changes = [c for _, c in kept]
 
 
-def _build(opened: _Open, commit_lsn: int, end_lsn: int, commit_time: int) -> Transaction:
-    changes: list[Change] = []
-    for _, pending in opened.changes:
-        changes.extend(_to_changes(pending, commit_lsn, commit_time))
-    return Transaction(opened.xid, commit_lsn, end_lsn, commit_time, changes)
+def _committed(opened: _Open, commit_lsn: int, end_lsn: int, commit_time: int) -> Transaction:
+    # Changes learn their commit position only now; stamping them is cheaper than building
+    # them here from the messages.
+    for change in opened.changes:
+        change.commit_lsn = commit_lsn
+        change.commit_time = commit_time
+    return Transaction(opened.xid, commit_lsn, end_lsn, commit_time, opened.changes)
 
 
-def _to_changes(pending: PendingChange, lsn: int, time: int) -> list[Change]:
-    target, message = pending
-    if isinstance(message, Truncate):
-        assert isinstance(target, tuple)
-        return [TableTruncate(shape.table, lsn, time) for shape in target]
-    assert isinstance(target, TableShape)
-    shape = target
+def _row_changes(shape: TableShape, message: Insert | Update | Delete) -> list[Change]:
+    if isinstance(message, Update):
+        change = upsert_change(shape, message.new, "update", 0, 0)
+        if message.old is not None:
+            old_key = shape.key_of(message.old)
+            if old_key != change.key:
+                # The primary key changed: the old key's vectors must go.
+                return [delete_change(shape, old_key, 0, 0), change]
+        return [change]
     if isinstance(message, Insert):
-        return [upsert_change(shape, message.new, "insert", lsn, time)]
-    if isinstance(message, Delete):
-        return [delete_change(shape, shape.key_of(message.old), lsn, time)]
-    change = upsert_change(shape, message.new, "update", lsn, time)
-    if message.old is not None:
-        old_key = shape.key_of(message.old)
-        if old_key != change.key:
-            # The primary key changed: the old key's vectors must go.
-            return [delete_change(shape, old_key, lsn, time), change]
-    return [change]
+        return [upsert_change(shape, message.new, "insert", 0, 0)]
+    return [delete_change(shape, shape.key_of(message.old), 0, 0)]

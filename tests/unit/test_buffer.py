@@ -8,7 +8,7 @@ from cdc.pgoutput import UNCHANGED_TOAST
 
 
 def change(source_id: str, op: str = "update", content=("t", "b"), lsn: int = 1) -> RowChange:
-    return RowChange(
+    made = RowChange(
         table="public.a",
         source_id=source_id,
         key=(source_id,),
@@ -17,7 +17,10 @@ def change(source_id: str, op: str = "update", content=("t", "b"), lsn: int = 1)
         metadata=None if op == "delete" else (),
         commit_lsn=lsn,
         commit_time=lsn,
+        size=0,
     )
+    made.resize()
+    return made
 
 
 def txn(end_lsn: int, *changes: RowChange | TableTruncate) -> Transaction:
