@@ -46,8 +46,8 @@ class Applier:
         self, truncated: Sequence[str], rows: Sequence[RowState], checkpoint: int | None
     ) -> ApplyResult:
         started = time.monotonic()
-        live_keys = [row.key for row in rows if not row.deleted]
-        stored = await self._sink.stored_chunks(live_keys) if live_keys else {}
+        live = [row for row in rows if not row.deleted]
+        stored = await self._sink.stored_chunks(live) if live else {}
         plan = plan_writes(rows, stored, self._model, self._max_chars)
         write = SinkWrite(
             truncated=list(truncated),

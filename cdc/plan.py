@@ -21,7 +21,8 @@ Metadata = dict[str, Any]
 class StoredChunk:
     content_hash: str
     model: str
-    metadata: Metadata
+    # Whether the stored metadata equals the row's current metadata (compared by the sink).
+    same_metadata: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def _plan_row(
         if stored is None or stored.content_hash != chunk.hash or stored.model != model:
             plan.to_embed.append(work)
             changed = True
-        elif stored.metadata != row.metadata:
+        elif not stored.same_metadata:
             plan.metadata_only.append(work)
     if any(number >= len(chunks) for number in existing):
         plan.trim.append((row, len(chunks)))

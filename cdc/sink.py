@@ -8,7 +8,7 @@ covers; the stream confirms it to the server only after that commit.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -106,31 +106,37 @@ class Sink:
         return int(row[0]) if row else 0
 
     async def stored_chunks(
-        self, keys: Iterable[SourceKey]
+        self, rows: Sequence[RowState]
     ) -> dict[SourceKey, dict[int, StoredChunk]]:
-        """What the sink holds for these rows: chunk number -> hash, model, metadata."""
+        """What the sink holds for these rows: chunk number -> hash, model, metadata equality."""
         stored: dict[SourceKey, dict[int, StoredChunk]] = defaultdict(dict)
         async with self._conn.transaction():
-            for target, group in _by_target(self._targets, list(keys), lambda key: key[0]):
+            for target, group in _by_target(self._targets, rows, lambda row: row.source_table):
                 await self._read_chunks(target, group, stored)
         return stored
 
     async def _read_chunks(
         self,
         target: sql.Identifier,
-        keys: Sequence[SourceKey],
+        rows: Sequence[RowState],
         into: dict[SourceKey, dict[int, StoredChunk]],
     ) -> None:
+        # The server compares metadata (jsonb equality): cheaper than parsing every stored
+        # document here when most rows of a batch are unchanged.
         query = sql.SQL(
-            "SELECT s.source_table, s.source_id, s.chunk, s.content_hash, s.model, s.metadata "
-            "FROM {} AS s JOIN unnest(%s::text[], %s::text[]) AS k(t, i) "
+            "SELECT s.source_table, s.source_id, s.chunk, s.content_hash, s.model, "
+            "s.metadata = k.m FROM {} AS s "
+            "JOIN unnest(%s::text[], %s::text[], %s::jsonb[]) AS k(t, i, m) "
             "ON s.source_table = k.t AND s.source_id = k.i"
         ).format(target)
-        tables = [key[0] for key in keys]
-        ids = [key[1] for key in keys]
-        cursor = await self._conn.execute(query, (tables, ids))
-        for table, source_id, chunk, digest, model, metadata in await cursor.fetchall():
-            into[(table, source_id)][chunk] = StoredChunk(digest, model, metadata)
+        params = (
+            [row.source_table for row in rows],
+            [row.source_id for row in rows],
+            [Jsonb(row.metadata) for row in rows],
+        )
+        cursor = await self._conn.execute(query, params)
+        for table, source_id, chunk, digest, model, same in await cursor.fetchall():
+            into[(table, source_id)][chunk] = StoredChunk(digest, model, bool(same))
 
     async def write(self, batch: SinkWrite) -> None:
         """Apply `batch` and move the checkpoint, atomically."""

@@ -126,3 +126,19 @@ def test_metrics_endpoint_serves_prometheus_text(
         assert "sk-test-secret" not in body
     finally:
         assert process.stop() == 0
+
+
+def test_metadata_change_updates_the_sink_without_an_api_call(
+    deployment: Deployment, endpoint: FakeOpenAIServer, running
+) -> None:
+    deployment.execute(
+        "INSERT INTO articles (id, title, body, author_id) VALUES (1, 'Title', 'Body', 7)"
+    )
+    deployment.wait_caught_up()
+    before = endpoint.requests
+    deployment.execute("UPDATE articles SET author_id = 8 WHERE id = 1")
+    deployment.wait_caught_up()
+    assert endpoint.requests == before
+    [row] = deployment.sink_rows()
+    assert row["metadata"] == {"author_id": "8"}
+    assert_in_step(deployment)

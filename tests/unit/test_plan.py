@@ -12,8 +12,8 @@ def state(source_id: str, content: str, metadata=None, deleted: bool = False) ->
     return RowState("public.a", source_id, content, metadata or {}, lsn=1, deleted=deleted)
 
 
-def stored(content: str, metadata=None, model: str = MODEL) -> StoredChunk:
-    return StoredChunk(content_hash(content), model, metadata or {})
+def stored(content: str, same_metadata: bool = True, model: str = MODEL) -> StoredChunk:
+    return StoredChunk(content_hash(content), model, same_metadata)
 
 
 def test_new_and_changed_rows_are_embedded_unchanged_ones_are_not() -> None:
@@ -32,7 +32,7 @@ def test_a_different_model_means_embedding_again() -> None:
 
 
 def test_metadata_change_alone_updates_without_embedding() -> None:
-    existing = {("public.a", "1"): {0: stored("same", {"author": "1"})}}
+    existing = {("public.a", "1"): {0: stored("same", same_metadata=False)}}
     plan = plan_writes([state("1", "same", {"author": "2"})], existing, MODEL, 1000)
     assert plan.to_embed == [] and [w.row.source_id for w in plan.metadata_only] == ["1"]
 
