@@ -236,6 +236,11 @@ def _describe(error: ValidationError, path: Path) -> str:
 
 
 def _check_consistency(settings: Settings) -> None:
+    if settings.source.plugin != "pgoutput":
+        raise ConfigError(
+            f"source.plugin: {settings.source.plugin} is not supported by this version; "
+            "use pgoutput (built into PostgreSQL 10+)"
+        )
     limit = HNSW_MAX_DIMENSIONS[settings.sink.vector_type]
     if settings.embedding.dimensions > limit:
         raise ConfigError(

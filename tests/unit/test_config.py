@@ -74,3 +74,8 @@ def test_redact_dsn_hides_passwords() -> None:
     assert redact_dsn("postgresql://cdc:secret@db/app") == "postgresql://cdc:***@db/app"
     assert "secret" not in redact_dsn("host=db password=secret dbname=app")
     assert redact_dsn("postgresql://cdc@db/app") == "postgresql://cdc@db/app"
+
+
+def test_wal2json_is_refused_until_supported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"source\.plugin: wal2json"):
+        load_config(write(tmp_path, BASE), {"CDC_SOURCE__PLUGIN": "wal2json"})
