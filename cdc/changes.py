@@ -135,10 +135,24 @@ class Transaction:
     changes: list[Change]
 
 
-def shape_for(relation: Relation, table: TableConfig) -> TableShape:
-    """Project `relation` onto `table`'s configuration, or explain what does not match."""
+def shape_for(
+    relation: Relation, table: TableConfig, key_names: Sequence[str] | None = None
+) -> TableShape:
+    """Project `relation` onto `table`'s configuration, or explain what does not match.
+
+    `key_names` (the primary key from the catalog) wins over the relation's key flags: with
+    REPLICA IDENTITY FULL the server flags every column as part of the key.
+    """
     positions = {column.name: index for index, column in enumerate(relation.columns)}
-    key = [(c.name, i) for i, c in enumerate(relation.columns) if c.is_key]
+    if key_names:
+        key = [(name, positions[name]) for name in key_names if name in positions]
+        if len(key) != len(key_names):
+            raise ConfigError(
+                f"{table.table}: key columns {list(key_names)} are not all in the replicated "
+                "row; run `cdc setup` so the publication includes them"
+            )
+    else:
+        key = [(c.name, i) for i, c in enumerate(relation.columns) if c.is_key]
     if not key:
         raise ConfigError(
             f"{table.table} has no primary key or replica identity index in the stream: "

@@ -61,7 +61,10 @@ class Streamer:
         self._buffer = ChangeBuffer(max_rows=cfg.max_rows, max_bytes=cfg.max_bytes)
         self._max_age = cfg.max_age
         self._decoder = PgOutputDecoder()
-        self._assembler = TransactionAssembler({t: s.config for t, s in session.tables.items()})
+        self._assembler = TransactionAssembler(
+            {name: table.config for name, table in session.tables.items()},
+            {name: table.key_names for name, table in session.tables.items()},
+        )
         self._added = asyncio.Event()
         self._space = asyncio.Event()
         self._in_flight: Batch | None = None

@@ -50,8 +50,14 @@ class _Open:
 class TransactionAssembler:
     """Feeds on decoded messages; `feed` returns a `Transaction` when one commits."""
 
-    def __init__(self, tables: Mapping[str, TableConfig]) -> None:
+    def __init__(
+        self,
+        tables: Mapping[str, TableConfig],
+        keys: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self._tables = tables
+        # Primary key columns per table, from the catalog; else the relation's key flags.
+        self._keys = keys or {}
         self._shapes: dict[int, TableShape | None] = {}
         self._plain: _Open | None = None
         self._streamed: dict[int, _Open] = {}
@@ -84,8 +90,9 @@ class TransactionAssembler:
         return None
 
     def _shape(self, relation: Relation) -> TableShape | None:
-        table = self._tables.get(f"{relation.namespace}.{relation.name}")
-        return None if table is None else shape_for(relation, table)
+        name = f"{relation.namespace}.{relation.name}"
+        table = self._tables.get(name)
+        return None if table is None else shape_for(relation, table, self._keys.get(name))
 
     def _add_change(self, message: Insert | Update | Delete | Truncate) -> None:
         stream = self._current_stream

@@ -134,3 +134,21 @@ def test_persian_chinese_and_emoji_text_is_embedded_exactly(
         f"{t}\n\n{t}" for t in texts
     )
     assert assert_in_step(deployment) == 3
+
+
+def test_replica_identity_full_table_keeps_its_primary_key_as_source_id(
+    deployment: Deployment,
+) -> None:
+    deployment.execute("ALTER TABLE articles REPLICA IDENTITY FULL")
+    process = deployment.start()
+    try:
+        deployment.wait_ready()
+        deployment.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'b')")
+        deployment.execute("UPDATE articles SET title = 'c' WHERE id = 1")
+        deployment.execute("INSERT INTO articles (id, title) VALUES (2, 'gone')")
+        deployment.execute("DELETE FROM articles WHERE id = 2")
+        deployment.wait_caught_up()
+        assert [r["source_id"] for r in deployment.sink_rows()] == ["1"]
+        assert assert_in_step(deployment) == 1
+    finally:
+        assert process.stop() == 0, process.output

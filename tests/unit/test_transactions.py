@@ -210,3 +210,22 @@ def test_composite_key_renders_as_json_array() -> None:
     assert txn is not None
     change = txn.changes[0]
     assert isinstance(change, RowChange) and change.source_id == '["en", "42"]'
+
+
+def test_replica_identity_full_uses_the_primary_key_not_every_flagged_column() -> None:
+    full = Relation(
+        None,
+        16384,
+        "public",
+        "articles",
+        "f",
+        tuple(RelationColumn(c.name, c.type_oid, -1, True) for c in RELATION.columns),
+    )
+    a = TransactionAssembler({"public.articles": ARTICLES}, {"public.articles": ("id",)})
+    a.feed(full)
+    a.feed(Begin(1, 1, 1))
+    a.feed(Update(None, 16384, old=row("1", "old"), old_kind="O", new=row("1", "new")))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None
+    [change] = txn.changes
+    assert isinstance(change, RowChange) and (change.source_id, change.op) == ("1", "update")
