@@ -87,10 +87,32 @@ async def ensure(settings: Settings, source: Conn, sink: Conn) -> list[SourceTab
     await _check_pgvector(sink)
     for statement in sink_ddl(settings):
         await _execute(sink, statement, "sink")
+    await check_sink_shape(settings, sink)
     for statement in await publication_sql(settings, source, tables):
         log.info("publication %s: %s", settings.source.publication, statement.as_string(source))
         await _execute(source, statement, "source")
     return tables
+
+
+async def check_sink_shape(settings: Settings, sink: Conn) -> None:
+    """An existing sink table must hold vectors of the configured type and dimensions."""
+    wanted = f"{settings.sink.vector_type}({settings.embedding.dimensions})"
+    for schema, table in settings.sink_tables():
+        row = await (
+            await sink.execute(
+                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'embedding'",
+                (schema, table),
+            )
+        ).fetchone()
+        if row is not None and row[0] != wanted:
+            raise ConfigError(
+                f"sink table {schema}.{table} holds embedding {row[0]}, but the configuration "
+                f"asks for {wanted} (embedding.dimensions, sink.vector_type): set them back, or "
+                "point sink.table at a new table and run `cdc resync`"
+            )
 
 
 async def _check_pgvector(sink: Conn) -> None:

@@ -68,3 +68,11 @@ def test_streamer_reconnects_when_its_replication_connection_is_killed(
         wait_until(lambda: "starting again" in process.output, 10, "the reconnect logged")
     finally:
         assert process.stop() == 0, process.output
+
+
+def test_sink_table_with_other_dimensions_is_refused_naming_both(deployment: Deployment) -> None:
+    assert deployment.cli("setup").returncode == 0
+    deployment.extra = {"embedding": {"dimensions": 64}}
+    result = deployment.cli("setup")
+    assert result.returncode == 2
+    assert "vector(32)" in result.stderr and "vector(64)" in result.stderr
