@@ -87,6 +87,19 @@ def parse_frame(data: bytes | memoryview) -> XLogData | Keepalive:
     )
 
 
+XLOGDATA_HEADER: Final = _XLOGDATA_HEADER
+
+
+def is_xlogdata(data: bytes | memoryview) -> bool:
+    """Whether a frame is XLogData: the stream's hot path skips `parse_frame` for those."""
+    return len(data) >= _XLOGDATA_HEADER and data[0] == 0x77
+
+
+def xlogdata_wal_end(data: bytes | memoryview) -> int:
+    """The server's WAL end carried in an XLogData frame's header."""
+    return int(_XLOGDATA.unpack_from(data, 1)[1])
+
+
 def encode_standby_status(
     write_lsn: int, flush_lsn: int, apply_lsn: int, now_us: int, reply_requested: bool = False
 ) -> bytes:
