@@ -7,11 +7,11 @@ from typing import Any
 from psycopg import sql
 
 from cdc.config import Settings
+from cdc.errors import CdcError
 from cdc.provision import connect
 from cdc.schema import SinkNames
 from cdc.sink import Sink
 from cdc.slots import slot_info
-from cdc.stream import ReplicationStream
 
 
 async def collect_status(settings: Settings) -> dict[str, Any]:
@@ -102,14 +102,14 @@ async def teardown(settings: Settings, drop_publication: bool) -> list[str]:
     said = []
     source = await connect(settings.source.dsn, "source")
     try:
-        if await slot_info(source, settings.source.slot) is not None:
-            stream = ReplicationStream.connect(
-                settings.source.dsn, settings.source.slot, settings.source.publication
+        slot = await slot_info(source, settings.source.slot)
+        if slot is not None and slot.active:
+            raise CdcError(
+                f"slot {settings.source.slot} is in use by a running `cdc run`: stop it first, "
+                "then run teardown again"
             )
-            try:
-                stream.drop_slot()
-            finally:
-                stream.close()
+        if slot is not None:
+            await source.execute("SELECT pg_drop_replication_slot(%s)", (settings.source.slot,))
             said.append(f"dropped slot {settings.source.slot}")
         else:
             said.append(f"slot {settings.source.slot} did not exist")

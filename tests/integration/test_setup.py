@@ -76,3 +76,25 @@ def test_sink_table_with_other_dimensions_is_refused_naming_both(deployment: Dep
     result = deployment.cli("setup")
     assert result.returncode == 2
     assert "vector(32)" in result.stderr and "vector(64)" in result.stderr
+
+
+def test_teardown_refuses_a_running_slot_then_drops_it_and_keeps_the_vectors(
+    deployment: Deployment,
+) -> None:
+    process = deployment.start()
+    deployment.wait_ready()
+    deployment.execute("INSERT INTO articles (id, title) VALUES (1, 'kept')")
+    deployment.wait_caught_up()
+    busy = deployment.cli("teardown")
+    assert busy.returncode == 1 and "in use" in busy.stderr
+    assert process.stop() == 0
+    done = deployment.cli("teardown", "--all")
+    assert done.returncode == 0, done.stderr
+    assert "dropped slot" in done.stdout and "dropped publication" in done.stdout
+    with deployment.connect() as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (deployment.slot,)
+        ).fetchone() == (0,)
+    assert len(deployment.sink_rows()) == 1
+    status = deployment.cli("status")
+    assert status.returncode == 1 and "does not exist" in status.stdout
