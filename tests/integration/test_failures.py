@@ -218,3 +218,14 @@ def test_kill_9_during_the_snapshot_is_recovered_by_the_next_start(
     # Rows written before the kill were not embedded again (at most the batch in flight was).
     assert len(endpoint.inputs) <= 5000 + 1000
     assert second.stop() == 0, second.output
+
+
+def test_table_without_primary_key_exits_2_saying_what_to_add(deployment: Deployment) -> None:
+    deployment.execute("CREATE TABLE notes (body text)")
+    from tests.harness import Table
+
+    deployment.tables = [Table("public.notes", ["body"])]
+    result = deployment.cli("setup")
+    assert result.returncode == 2
+    assert "public.notes has no primary key" in result.stderr
+    assert "REPLICA IDENTITY USING INDEX" in result.stderr
