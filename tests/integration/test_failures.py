@@ -170,7 +170,7 @@ def test_wal_level_replica_gives_a_clear_error(
         assert result.returncode == 2, result.stderr
         assert "wal_level = replica" in result.stderr and "wal_level = logical" in result.stderr
     finally:
-        server.handle.cleanup()
+        server.close()
 
 
 def test_a_quiet_publication_does_not_hold_back_the_slot(
