@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from cdc.config import Settings
 from cdc.embed import EmbeddingProvider
+from cdc.known import KnownRows, fingerprint
 from cdc.metrics import Metrics
-from cdc.plan import ChunkWork, RowState, WritePlan, plan_writes
+from cdc.plan import ChunkWork, RowState, SourceKey, WritePlan, plan_writes
 from cdc.sink import DeadLetter, Sink, SinkWrite
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,20 @@ class Applier:
         self._metrics = metrics
         self._model = settings.embedding.model
         self._max_chars = settings.embedding.max_chunk_chars
+        self._known = KnownRows(settings.sink.known_rows)
 
     async def apply(
         self, truncated: Sequence[str], rows: Sequence[RowState], checkpoint: int | None
     ) -> ApplyResult:
         started = time.monotonic()
+        self._metrics.batch_rows.observe(len(rows))
+        prints = {row.key: fingerprint(row, self._model) for row in rows if not row.deleted}
+        # Rows whose committed state this process already knows need no sink lookup at all.
+        known = [r for r in rows if not r.deleted and self._known.unchanged(r.key, prints[r.key])]
+        skipped = Counter(row.source_table for row in known)
+        if known:
+            known_keys = {row.key for row in known}
+            rows = [row for row in rows if row.key not in known_keys]
         live = [row for row in rows if not row.deleted]
         stored = await self._sink.stored_chunks(live) if live else {}
         plan = plan_writes(rows, stored, self._model, self._max_chars)
@@ -58,6 +68,8 @@ class Applier:
         )
         await self._embed_into(plan.to_embed, write)
         await self._sink.write(write)
+        self._remember(rows, write, prints)
+        plan.unchanged.update(skipped)
         self._count(plan, write)
         self._metrics.flush_seconds.observe(time.monotonic() - started)
         return ApplyResult(
@@ -71,6 +83,7 @@ class Applier:
     async def _embed_into(self, works: list[ChunkWork], write: SinkWrite) -> None:
         if not works:
             return
+        self._metrics.embedding_batch_size.observe(len(works))
         result = await self._provider.embed([work.chunk.text for work in works])
         self._metrics.embedding_tokens.inc(result.tokens)
         rejected = {works[index].row.key: error for index, error in result.errors.items()}
@@ -106,6 +119,18 @@ class Applier:
             )
         write.metadata_only = [w for w in write.metadata_only if w.row.key not in rejected]
         write.trim = [t for t in write.trim if t[0].key not in rejected]
+
+    def _remember(
+        self, rows: Sequence[RowState], write: SinkWrite, prints: dict[SourceKey, bytes]
+    ) -> None:
+        """After the commit: what the sink now holds for each row of the batch."""
+        known = self._known
+        known.forget_tables(write.truncated)
+        gone = {row.key for row in write.remove} | {d.work.row.key for d in write.dead_letters}
+        known.forget(gone)
+        for row in rows:
+            if not row.deleted and row.key not in gone:
+                known.remember(row.key, prints[row.key])
 
     def _count(self, plan: WritePlan, write: SinkWrite) -> None:
         m = self._metrics

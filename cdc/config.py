@@ -50,6 +50,9 @@ class SinkConfig(_Strict):
     schema_: str = Field("public", alias="schema")
     table: str = "cdc_embeddings"
     vector_type: Literal["vector", "halfvec"] = "vector"
+    # Rows whose last committed state this process remembers, so unchanged rows skip the
+    # sink lookup (about 150 bytes each).
+    known_rows: int = Field(200_000, ge=0)
 
 
 class EmbeddingConfig(_Strict):
@@ -102,6 +105,8 @@ class BufferConfig(_Strict):
 class MetricsConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
+    # Seconds between polls of the slot's state on the server (cdc.monitor).
+    poll_interval: float = Field(10.0, gt=0)
 
 
 class LogConfig(_Strict):

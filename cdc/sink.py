@@ -8,7 +8,7 @@ covers; the stream confirms it to the server only after that commit.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -126,7 +126,7 @@ class Sink:
         query = sql.SQL(
             "SELECT s.source_table, s.source_id, s.chunk, s.content_hash, s.model, "
             "s.metadata = k.m FROM {} AS s "
-            "JOIN unnest(%s::text[], %s::text[], %s::jsonb[]) AS k(t, i, m) "
+            "JOIN unnest(%b::text[], %b::text[], %b::jsonb[]) AS k(t, i, m) "
             "ON s.source_table = k.t AND s.source_id = k.i"
         ).format(target)
         params = (
@@ -160,7 +160,7 @@ class Sink:
     async def _remove(self, rows: Sequence[RowState]) -> None:
         for target, group in _by_target(self._targets, rows, lambda r: r.source_table):
             query = sql.SQL(
-                "DELETE FROM {} AS s USING unnest(%s::text[], %s::text[]) AS k(t, i) "
+                "DELETE FROM {} AS s USING unnest(%b::text[], %b::text[]) AS k(t, i) "
                 "WHERE s.source_table = k.t AND s.source_id = k.i"
             ).format(target)
             await self._conn.execute(
@@ -170,7 +170,7 @@ class Sink:
     async def _trim(self, trims: Sequence[tuple[RowState, int]]) -> None:
         for target, group in _by_target(self._targets, trims, lambda t: t[0].source_table):
             query = sql.SQL(
-                "DELETE FROM {} AS s USING unnest(%s::text[], %s::text[], %s::int[]) AS k(t, i, n) "
+                "DELETE FROM {} AS s USING unnest(%b::text[], %b::text[], %b::int[]) AS k(t, i, n) "
                 "WHERE s.source_table = k.t AND s.source_id = k.i AND s.chunk >= k.n"
             ).format(target)
             await self._conn.execute(
@@ -214,7 +214,7 @@ class Sink:
         for target, group in _by_target(self._targets, works, lambda w: w.row.source_table):
             query = sql.SQL(
                 "UPDATE {} AS s SET metadata = k.m, updated_at = now() "
-                "FROM unnest(%s::text[], %s::text[], %s::int[], %s::jsonb[]) AS k(t, i, n, m) "
+                "FROM unnest(%b::text[], %b::text[], %b::int[], %b::jsonb[]) AS k(t, i, n, m) "
                 "WHERE s.source_table = k.t AND s.source_id = k.i AND s.chunk = k.n"
             ).format(target)
             await self._conn.execute(
@@ -234,7 +234,7 @@ class Sink:
         if not keys:
             return
         query = sql.SQL(
-            "DELETE FROM {} AS d USING unnest(%s::text[], %s::text[]) AS k(t, i) "
+            "DELETE FROM {} AS d USING unnest(%b::text[], %b::text[]) AS k(t, i) "
             "WHERE d.source_table = k.t AND d.source_id = k.i"
         ).format(self._names.dead_letters)
         await self._conn.execute(query, ([k[0] for k in keys], [k[1] for k in keys]))
@@ -290,6 +290,46 @@ class Sink:
                 query,
                 (self._slot, _lsn_text(checkpoint), done, embedding.model, embedding.dimensions),
             )
+
+    async def held_chunks(
+        self, source_table: str, source_ids: Sequence[str]
+    ) -> list[tuple[str, int, str, str]]:
+        """(source_id, chunk, content_hash, model) of every chunk stored for these rows."""
+        query = sql.SQL(
+            "SELECT source_id, chunk, content_hash, model FROM {} "
+            "WHERE source_table = %s AND source_id = ANY(%b::text[])"
+        ).format(self.target(source_table))
+        cursor = await self._conn.execute(query, (source_table, list(source_ids)))
+        return [(str(i), int(n), str(h), str(m)) for i, n, h, m in await cursor.fetchall()]
+
+    async def dead_lettered(self, source_table: str, source_ids: Sequence[str]) -> set[str]:
+        """Which of these rows wait in the dead-letter table."""
+        query = sql.SQL(
+            "SELECT DISTINCT source_id FROM {} "
+            "WHERE source_table = %s AND source_id = ANY(%b::text[])"
+        ).format(self._names.dead_letters)
+        cursor = await self._conn.execute(query, (source_table, list(source_ids)))
+        return {str(row[0]) for row in await cursor.fetchall()}
+
+    async def stored_source_ids(
+        self, source_table: str, batch_rows: int
+    ) -> AsyncIterator[list[str]]:
+        """Every distinct source_id the sink holds for `source_table`, in lists of `batch_rows`.
+
+        A server-side cursor in its own transaction keeps memory bounded; the connection must
+        not be used for anything else until the iteration ends.
+        """
+        query = sql.SQL(
+            "SELECT DISTINCT source_id FROM {} WHERE source_table = %s ORDER BY source_id"
+        ).format(self.target(source_table))
+        async with (
+            self._conn.transaction(),
+            self._conn.cursor(name="wal2vec_sink_ids") as cursor,
+        ):
+            cursor.itersize = batch_rows
+            await cursor.execute(query, (source_table,))
+            while rows := await cursor.fetchmany(batch_rows):
+                yield [str(row[0]) for row in rows]
 
 
 SEEN_TABLE = sql.Identifier("wal2vec_snapshot_seen")
