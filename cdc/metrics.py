@@ -1,14 +1,20 @@
 """Prometheus metrics, held in one object handed to the parts, and the HTTP endpoint.
 
 Each `Metrics` owns its registry (no module-level state), so several pipelines or tests never
-share counters. Labels stay low-cardinality: table, op, status, reason.
+share counters. Labels stay low-cardinality: table, op, status, reason; `cdc_info` carries the
+version, slot and model once.
+
+Lag in bytes is computed when scraped from two views of the server (see `Positions`): the
+streamer's, from the frames it reads and the LSN it confirms, and the slot monitor's, from the
+server itself over its own connection (`cdc.monitor`). Either alone goes stale: the streamer's
+while its reader waits on a full buffer or between sessions, the monitor's between polls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,34 +25,167 @@ from prometheus_client import (
     generate_latest,
 )
 
+from cdc.config import Settings
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-# How long the pipeline may go without a heartbeat before /healthz reports it stuck.
+SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
+# How long the streamer may go without a heartbeat before /healthz reports it stuck.
 STUCK_AFTER_SECONDS = 120.0
+# Values of the label sets known up front: their series exist from the start at 0, so
+# `increase()` and `rate()` see the first change instead of missing it.
+CHANGE_OPS = ("insert", "update", "delete", "truncate")
+WRITE_OPS = ("upsert", "metadata", "delete")
+SKIP_REASONS = ("unchanged", "empty")
+# pg_replication_slots.wal_status values, plus "missing" when the slot does not exist.
+WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing")
+# Request outcomes the provider retries: HTTP 408, 409, 429, 5xx, timeouts, dropped connections.
+_RETRIED_HTTP = frozenset({"408", "409", "429"})
+_RETRIED_OTHER = frozenset({"timeout", "connection"})
+
+
+class Positions:
+    """WAL positions as last reported by the streamer and by the slot monitor.
+
+    Every one is a lower bound: the server is at least where either saw it, and at least what
+    either knows was confirmed is confirmed (the server persists the slot's confirmed flush LSN
+    a little after the streamer sends it). The lag is the best of each.
+    """
+
+    def __init__(self) -> None:
+        self.stream_server = 0
+        self.stream_confirmed = 0
+        self.server = 0
+        self.slot_confirmed = 0
+
+    @property
+    def server_lsn(self) -> int:
+        return max(self.stream_server, self.server)
+
+    @property
+    def confirmed_lsn(self) -> int:
+        return max(self.stream_confirmed, self.slot_confirmed)
+
+    @property
+    def lag_bytes(self) -> int:
+        return max(0, self.server_lsn - self.confirmed_lsn)
+
+
+class _StreamConfirmed:
+    """`metrics.confirmed_lsn.set(lsn)`: what the streamer confirmed."""
+
+    def __init__(self, positions: Positions) -> None:
+        self._positions = positions
+
+    def set(self, value: float) -> None:
+        self._positions.stream_confirmed = int(value)
+
+
+class _StreamLag:
+    """`metrics.replication_lag_bytes.set(bytes)`: the streamer's lag, set right after
+    `confirmed_lsn`, so the server position it saw is the sum of the two."""
+
+    def __init__(self, positions: Positions) -> None:
+        self._positions = positions
+
+    def set(self, value: float) -> None:
+        p = self._positions
+        p.stream_server = p.stream_confirmed + max(0, int(value))
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.positions = p = Positions()
+        self.info = Gauge(
+            "cdc_info",
+            "Always 1; the labels say what runs",
+            ["version", "slot", "model"],
+            registry=r,
+        )
         self.up = Gauge("cdc_up", "1 while the streamer is connected and streaming", registry=r)
-        self.replication_lag_bytes = Gauge(
+        Gauge(
             "cdc_replication_lag_bytes",
             "Server WAL position minus the confirmed flush LSN",
             registry=r,
-        )
+        ).set_function(lambda: p.lag_bytes)
+        self.replication_lag_bytes = _StreamLag(p)
         self.replication_lag_seconds = Gauge(
             "cdc_replication_lag_seconds",
-            "Now minus the commit time of the oldest change not yet in the sink",
+            "Now minus the commit time of the oldest change not yet in the sink; 0 when caught up",
             registry=r,
         )
-        self.confirmed_lsn = Gauge(
-            "cdc_confirmed_lsn", "Confirmed flush LSN as a number", registry=r
+        Gauge(
+            "cdc_confirmed_lsn", "Confirmed flush LSN of the slot as a number", registry=r
+        ).set_function(lambda: p.confirmed_lsn)
+        self.confirmed_lsn = _StreamConfirmed(p)
+        Gauge(
+            "cdc_server_lsn", "The server's current WAL position as a number", registry=r
+        ).set_function(lambda: p.server_lsn)
+        self._slot_gauges(r)
+        self._stream_counters(r)
+        self._embedding_metrics(r)
+        self.buffer_rows = Gauge("cdc_buffer_rows", "Rows waiting in the buffer", registry=r)
+        self.buffer_max_rows = Gauge(
+            "cdc_buffer_max_rows", "The buffer's row limit (buffer.max_rows)", registry=r
         )
+        self.batch_rows = Histogram(
+            "cdc_batch_rows", "Rows per applied batch", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.flush_seconds = Histogram(
+            "cdc_flush_seconds",
+            "Time to embed and write one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.snapshot_rows = Counter(
+            "cdc_snapshot_rows", "Rows read by snapshots", ["table"], registry=r
+        )
+        self.snapshot_rows_estimated = Gauge(
+            "cdc_snapshot_rows_estimated",
+            "Rows the server estimates each table holds, polled until the initial snapshot is done",
+            ["table"],
+            registry=r,
+        )
+        self.snapshot_done = Gauge(
+            "cdc_snapshot_done", "1 once the initial snapshot is complete", registry=r
+        )
+
+    def _slot_gauges(self, r: CollectorRegistry) -> None:
         self.slot_retained_wal_bytes = Gauge(
             "cdc_slot_retained_wal_bytes",
-            "Server WAL position minus the slot's restart_lsn",
+            "Server WAL position minus the slot's restart_lsn: WAL the server keeps for the slot",
             registry=r,
         )
+        self.slot_active = Gauge(
+            "cdc_slot_active", "1 while a walsender streams from the slot", registry=r
+        )
+        self.slot_wal_status = Gauge(
+            "cdc_slot_wal_status",
+            "1 for the slot's current wal_status (missing: the slot does not exist)",
+            ["status"],
+            registry=r,
+        )
+        for status in WAL_STATUSES:
+            self.slot_wal_status.labels(status=status)
+        self.slot_max_wal_keep_bytes = Gauge(
+            "cdc_slot_max_wal_keep_bytes",
+            "The server's max_slot_wal_keep_size in bytes; -1 when unlimited",
+            registry=r,
+        )
+        self.slot_poll_errors = Counter(
+            "cdc_slot_poll_errors", "Failed polls of the slot's state on the server", registry=r
+        )
+
+    def _stream_counters(self, r: CollectorRegistry) -> None:
         self.changes = Counter("cdc_changes", "Row changes received", ["table", "op"], registry=r)
+        self.vectors_written = Counter(
+            "cdc_vectors_written", "Sink rows written or deleted", ["table", "op"], registry=r
+        )
+        self.dead_letters = Counter(
+            "cdc_dead_letters", "Rows the embedding API rejected for good", ["table"], registry=r
+        )
+
+    def _embedding_metrics(self, r: CollectorRegistry) -> None:
         self.embeddings = Counter("cdc_embeddings", "Chunks embedded", ["table"], registry=r)
         self.embeddings_skipped = Counter(
             "cdc_embeddings_skipped",
@@ -55,7 +194,17 @@ class Metrics:
             registry=r,
         )
         self.embedding_requests = Counter(
-            "cdc_embedding_requests", "Embedding API requests", ["status"], registry=r
+            "cdc_embedding_requests",
+            "Embedding API requests by outcome: ok, the HTTP status, timeout or connection",
+            ["status"],
+            registry=r,
+        )
+        self.embedding_requests.labels(status="ok")
+        self.embedding_retries = Counter(
+            "cdc_embedding_retries",
+            "Embedding requests that failed transiently (429, 5xx, timeout, connection) and "
+            "are retried with backoff while attempts remain",
+            registry=r,
         )
         self.embedding_tokens = Counter(
             "cdc_embedding_tokens", "Tokens reported by the embedding API", registry=r
@@ -66,51 +215,89 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.vectors_written = Counter(
-            "cdc_vectors_written", "Sink rows written or deleted", ["table", "op"], registry=r
-        )
-        self.buffer_rows = Gauge("cdc_buffer_rows", "Rows waiting in the buffer", registry=r)
-        self.flush_seconds = Histogram(
-            "cdc_flush_seconds",
-            "Time to embed and write one batch",
-            buckets=LATENCY_BUCKETS,
+        self.embedding_batch_size = Histogram(
+            "cdc_embedding_batch_size",
+            "Texts (chunks) per call to the embedding provider",
+            buckets=SIZE_BUCKETS,
             registry=r,
         )
-        self.dead_letters = Counter(
-            "cdc_dead_letters", "Rows the embedding API rejected for good", ["table"], registry=r
-        )
-        self.snapshot_rows = Counter(
-            "cdc_snapshot_rows", "Rows read by snapshots", ["table"], registry=r
-        )
+
+    def prepare(self, settings: Settings, version: str) -> None:
+        """Label what runs, and create the series whose label values are known up front."""
+        self.info.labels(
+            version=version, slot=settings.source.slot, model=settings.embedding.model
+        ).set(1)
+        self.buffer_max_rows.set(settings.buffer.max_rows)
+        for table in (t.table for t in settings.tables):
+            _touch(self.changes, [{"table": table, "op": op} for op in CHANGE_OPS])
+            _touch(self.vectors_written, [{"table": table, "op": op} for op in WRITE_OPS])
+            _touch(self.embeddings_skipped, [{"table": table, "reason": r} for r in SKIP_REASONS])
+            _touch(self.embeddings, [{"table": table}])
+            _touch(self.dead_letters, [{"table": table}])
+            _touch(self.snapshot_rows, [{"table": table}])
 
     def record_request(self, status: str, seconds: float) -> None:
+        """The provider's `on_request` callback: one HTTP request and how it ended."""
         self.embedding_requests.labels(status=status).inc()
         self.embedding_request_seconds.observe(seconds)
+        if status in _RETRIED_OTHER or status in _RETRIED_HTTP or status.startswith("5"):
+            self.embedding_retries.inc()
+
+    def record_slot(self, wal_status: str | None, active: bool) -> None:
+        """The slot's state as the server reports it; `wal_status` None when it is missing."""
+        current = "missing" if wal_status is None else wal_status
+        for status in WAL_STATUSES:
+            self.slot_wal_status.labels(status=status).set(1 if status == current else 0)
+        self.slot_active.set(1 if active else 0)
+
+    def observe_health(self, health: Health) -> None:
+        self.snapshot_done.set(1 if health.snapshot_done else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-@dataclass
-class Health:
-    """What /healthz and /readyz report; the pipeline updates it."""
+def _touch(counter: Counter, label_sets: Iterable[dict[str, str]]) -> None:
+    for labels in label_sets:
+        counter.labels(**labels)
 
-    streaming: bool = False
-    # Whether this process ever reached streaming: after that, outages are waited out.
-    streaming_seen: bool = False
-    snapshot_done: bool = False
-    last_heartbeat: float = field(default_factory=time.monotonic)
+
+class Health:
+    """What /healthz and /readyz report; the pipeline updates it.
+
+    Alive: the event loop answers (it serves these endpoints) and, while streaming, the reader's
+    heartbeat is recent. The snapshot and the pauses between sessions have no heartbeat to
+    miss; a pod restarted in the middle of a long snapshot would only take it again.
+    Ready: streaming, with the initial snapshot done.
+    """
+
+    def __init__(self) -> None:
+        self._streaming = False
+        # Whether this process ever reached streaming: after that, outages are waited out.
+        self.streaming_seen = False
+        self.snapshot_done = False
+        self.last_heartbeat = time.monotonic()
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
+
+    @streaming.setter
+    def streaming(self, value: bool) -> None:
+        if value and not self._streaming:
+            self.beat()  # the time before streaming began is no silence of the reader
+        self._streaming = value
 
     def beat(self) -> None:
         self.last_heartbeat = time.monotonic()
 
     @property
     def alive(self) -> bool:
-        return time.monotonic() - self.last_heartbeat < STUCK_AFTER_SECONDS
+        return not self._streaming or time.monotonic() - self.last_heartbeat < STUCK_AFTER_SECONDS
 
     @property
     def ready(self) -> bool:
-        return self.streaming and self.snapshot_done
+        return self._streaming and self.snapshot_done
 
 
 async def serve_http(metrics: Metrics, health: Health, host: str, port: int) -> asyncio.Server:
@@ -119,15 +306,21 @@ async def serve_http(metrics: Metrics, health: Health, host: str, port: int) -> 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            path = request.split(b" ", 2)[1].decode(errors="replace").split("?")[0]
+            method, path = _request_line(request)
             status, body, kind = _respond(path, metrics, health)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
-            writer.write(head.encode() + body)
+            writer.write(head.encode() + (b"" if method == "HEAD" else body))
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, IndexError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+            ConnectionError,
+        ):
             pass
         finally:
             writer.close()
@@ -135,21 +328,26 @@ async def serve_http(metrics: Metrics, health: Health, host: str, port: int) -> 
     return await asyncio.start_server(handle, host, port)
 
 
+def _request_line(request: bytes) -> tuple[str, str]:
+    method, target = request.split(b" ", 2)[:2]
+    return method.decode(errors="replace"), target.decode(errors="replace").split("?")[0]
+
+
 def _respond(path: str, metrics: Metrics, health: Health) -> tuple[str, bytes, str]:
     if path == "/metrics":
+        metrics.observe_health(health)
         return "200 OK", metrics.render(), CONTENT_TYPE_LATEST
     if path == "/healthz":
         ok = health.alive
-        return (
-            ("200 OK" if ok else "503 Service Unavailable"),
-            b"ok\n" if ok else b"stuck\n",
-            ("text/plain"),
-        )
+        return _plain(ok, b"ok\n" if ok else b"stuck: no heartbeat from the stream reader\n")
     if path == "/readyz":
         ok = health.ready
-        return (
-            ("200 OK" if ok else "503 Service Unavailable"),
-            b"ready\n" if ok else (b"not ready\n"),
-            "text/plain",
-        )
-    return "404 Not Found", b"not found\n", "text/plain"
+        if ok:
+            return _plain(True, b"ready\n")
+        waiting = b"the initial snapshot" if not health.snapshot_done else b"the stream"
+        return _plain(False, b"not ready: waiting for " + waiting + b"\n")
+    return "404 Not Found", b"not found\n", "text/plain; charset=utf-8"
+
+
+def _plain(ok: bool, body: bytes) -> tuple[str, bytes, str]:
+    return ("200 OK" if ok else "503 Service Unavailable"), body, "text/plain; charset=utf-8"

@@ -22,6 +22,7 @@ from cdc.embed import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
 from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
+from cdc.monitor import observing
 from cdc.pipeline import Session, Streamer
 from cdc.provision import connect, ensure
 from cdc.sink import Sink, SinkState
@@ -37,6 +38,17 @@ MAX_BACKOFF = 60.0
 
 
 async def run(
+    settings: Settings,
+    make_provider: ProviderFactory,
+    metrics: Metrics,
+    health: Health,
+    stop: asyncio.Event,
+) -> None:
+    async with observing(settings, metrics, health):
+        await _run_sessions(settings, make_provider, metrics, health, stop)
+
+
+async def _run_sessions(
     settings: Settings,
     make_provider: ProviderFactory,
     metrics: Metrics,
