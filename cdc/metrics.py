@@ -4,10 +4,11 @@ Each `Metrics` owns its registry (no module-level state), so several pipelines o
 share counters. Labels stay low-cardinality: table, op, status, reason; `cdc_info` carries the
 version, slot and model once.
 
-Lag in bytes is computed when scraped from two views of the server (see `Positions`): the
+Lag is computed when scraped (see `Positions`). In bytes, from two views of the server: the
 streamer's, from the frames it reads and the LSN it confirms, and the slot monitor's, from the
 server itself over its own connection (`cdc.monitor`). Either alone goes stale: the streamer's
-while its reader waits on a full buffer or between sessions, the monitor's between polls.
+while its reader waits on a full buffer or between sessions, the monitor's between polls. In
+seconds, from the commit time of the oldest pending change, so it grows between heartbeats.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ STUCK_AFTER_SECONDS = 120.0
 CHANGE_OPS = ("insert", "update", "delete", "truncate")
 WRITE_OPS = ("upsert", "metadata", "delete")
 SKIP_REASONS = ("unchanged", "empty")
+REQUEST_OUTCOMES = ("ok", "400", "429", "500", "502", "503", "504", "timeout", "connection")
 # pg_replication_slots.wal_status values, plus "missing" when the slot does not exist.
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing")
 # Request outcomes the provider retries: HTTP 408, 409, 429, 5xx, timeouts, dropped connections.
@@ -56,6 +58,8 @@ class Positions:
         self.stream_confirmed = 0
         self.server = 0
         self.slot_confirmed = 0
+        # Unix time of the commit of the oldest change not yet in the sink; None: caught up.
+        self.oldest_pending: float | None = None
 
     @property
     def server_lsn(self) -> int:
@@ -67,7 +71,13 @@ class Positions:
 
     @property
     def lag_bytes(self) -> int:
-        return max(0, self.server_lsn - self.confirmed_lsn)
+        confirmed = self.confirmed_lsn
+        if confirmed == 0:
+            return 0  # a new stream before it confirmed anything, the slot not polled yet
+        return max(0, self.server_lsn - confirmed)
+
+    def lag_seconds(self, now: float) -> float:
+        return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)
 
 
 class _StreamConfirmed:
@@ -92,6 +102,18 @@ class _StreamLag:
         p.stream_server = p.stream_confirmed + max(0, int(value))
 
 
+class _StreamLagSeconds:
+    """`metrics.replication_lag_seconds.set(seconds)`: the age of the oldest pending change
+    when the streamer looked. Kept as that change's commit time, so a scrape between two
+    heartbeats sees the lag grow as it does, not the age it had at the last one."""
+
+    def __init__(self, positions: Positions) -> None:
+        self._positions = positions
+
+    def set(self, value: float) -> None:
+        self._positions.oldest_pending = time.time() - value if value > 0 else None
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -109,11 +131,12 @@ class Metrics:
             registry=r,
         ).set_function(lambda: p.lag_bytes)
         self.replication_lag_bytes = _StreamLag(p)
-        self.replication_lag_seconds = Gauge(
+        Gauge(
             "cdc_replication_lag_seconds",
             "Now minus the commit time of the oldest change not yet in the sink; 0 when caught up",
             registry=r,
-        )
+        ).set_function(lambda: p.lag_seconds(time.time()))
+        self.replication_lag_seconds = _StreamLagSeconds(p)
         Gauge(
             "cdc_confirmed_lsn", "Confirmed flush LSN of the slot as a number", registry=r
         ).set_function(lambda: p.confirmed_lsn)
@@ -199,7 +222,7 @@ class Metrics:
             ["status"],
             registry=r,
         )
-        self.embedding_requests.labels(status="ok")
+        _touch(self.embedding_requests, [{"status": status} for status in REQUEST_OUTCOMES])
         self.embedding_retries = Counter(
             "cdc_embedding_retries",
             "Embedding requests that failed transiently (429, 5xx, timeout, connection) and "

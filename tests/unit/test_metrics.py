@@ -131,6 +131,27 @@ def test_lag_bytes_from_the_streamer_alone() -> None:
     assert sample(m, "cdc_replication_lag_bytes") == 0
 
 
+def test_lag_bytes_unknown_before_anything_is_confirmed() -> None:
+    m = Metrics()
+    m.confirmed_lsn.set(0)  # a new stream reports 0 until its first confirmation
+    m.replication_lag_bytes.set(28_000_000)
+    assert sample(m, "cdc_replication_lag_bytes") == 0
+    assert sample(m, "cdc_server_lsn") == 28_000_000
+
+
+def test_lag_seconds_grows_between_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_000_000.0]
+    monkeypatch.setattr("cdc.metrics.time.time", lambda: now[0])
+    m = Metrics()
+    assert sample(m, "cdc_replication_lag_seconds") == 0
+    m.replication_lag_seconds.set(1.5)  # the oldest pending change committed 1.5s ago
+    assert sample(m, "cdc_replication_lag_seconds") == 1.5
+    now[0] += 2
+    assert sample(m, "cdc_replication_lag_seconds") == 3.5
+    m.replication_lag_seconds.set(0)  # caught up
+    assert sample(m, "cdc_replication_lag_seconds") == 0
+
+
 def slot(server: int, confirmed: int | None, restart: int | None, **kw: Any) -> SlotSample:
     values: dict[str, Any] = {
         "server_lsn": Lsn(server),
