@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_status)
 
+    verify = commands.add_parser(
+        "verify", parents=[common], help="compare the sink with the source (exit 1 on drift)"
+    )
+    verify.add_argument("--table", help="only this configured table (schema.table)")
+    verify.add_argument(
+        "--repair", action="store_true", help="fix the drift (stop `cdc run` first)"
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(handler=_verify)
+
     teardown = commands.add_parser("teardown", parents=[common], help="drop the slot")
     teardown.add_argument("--all", action="store_true", help="also drop the publication")
     teardown.set_defaults(handler=_teardown)
@@ -143,6 +153,14 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
     report = await collect_status(settings)
     print(json.dumps(report, indent=2) if args.json else render_status(report))
     return EXIT_OK if report["healthy"] else EXIT_PROBLEM
+
+
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.verify import render_outcome, verify
+
+    outcome = await verify(settings, args.table, args.repair, make_provider)
+    print(json.dumps(outcome.as_dict(), indent=2) if args.json else render_outcome(outcome))
+    return EXIT_PROBLEM if outcome.drift else EXIT_OK
 
 
 async def _teardown(settings: Settings, args: argparse.Namespace) -> int:
