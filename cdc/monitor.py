@@ -26,6 +26,9 @@ from cdc.provision import Conn, connect
 log = logging.getLogger(__name__)
 # A poll that takes longer than this is abandoned and its connection dropped.
 POLL_TIMEOUT = 10.0
+# How long `cdc run` waits for the first poll before it starts, so the row estimates the
+# snapshot's progress is measured against are in place; a server that is down costs no more.
+FIRST_POLL_WAIT = 3.0
 
 _SLOT_QUERY = """
 SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
@@ -107,12 +110,14 @@ class SlotMonitor:
         self._health = health
         self._conn: Conn | None = None
         self._failing = False
+        self.polled = asyncio.Event()  # set once the first poll ended, well or not
 
     async def run(self) -> None:
         interval = self._settings.metrics.poll_interval
         try:
             while True:
                 await self.poll()
+                self.polled.set()
                 await asyncio.sleep(interval)  # the poll period, not a wait on anything
         finally:
             await self._close()
@@ -168,8 +173,11 @@ async def observing(settings: Settings, metrics: Metrics, health: Health) -> Asy
     """For the lifetime of `cdc run`: label the metrics and the logs, and poll the slot."""
     metrics.prepare(settings, __version__)
     unbind = bind_context(slot=settings.source.slot)
-    task = asyncio.create_task(SlotMonitor(settings, metrics, health).run(), name="slot-monitor")
+    monitor = SlotMonitor(settings, metrics, health)
+    task = asyncio.create_task(monitor.run(), name="slot-monitor")
     try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(monitor.polled.wait(), FIRST_POLL_WAIT)
         yield
     finally:
         task.cancel()
