@@ -99,7 +99,7 @@ class BufferConfig(_Strict):
     max_rows: int = Field(20000, ge=1)
     max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # The longest a change waits for company before it is flushed, in seconds.
-    max_age: float = Field(0.2, ge=0)
+    max_age: float = Field(0.05, ge=0)
 
 
 class MetricsConfig(_Strict):

@@ -24,7 +24,7 @@ class Chunk:
 
 def render_content(values: Iterable[str | None]) -> str:
     """The configured columns in order, NULL and empty values skipped, joined by a blank line."""
-    return SEPARATOR.join(value for value in values if value)
+    return SEPARATOR.join(filter(None, values))
 
 
 def content_hash(text: str) -> str:

@@ -75,7 +75,9 @@ class Streamer:
 
     async def run(self) -> None:
         s = self._s
-        s.stream.start(Lsn(0))
+        # Everything up to the checkpoint is in the sink: start there (the server starts at
+        # the slot's confirmed position if that is later).
+        s.stream.start(s.checkpoint)
         s.health.streaming = s.health.streaming_seen = True
         s.metrics.up.set(1)
         log.info("streaming slot %s from %s", s.settings.source.slot, s.stream.confirmed)
@@ -167,6 +169,10 @@ class Streamer:
         for (table, op), count in self._change_counts.items():
             m.changes.labels(table=table, op=op).inc(count)
         self._change_counts.clear()
+        self._publish_positions()
+
+    def _publish_positions(self) -> None:
+        s, m = self._s, self._s.metrics
         m.buffer_rows.set(self._buffer.rows)
         m.confirmed_lsn.set(int(s.stream.confirmed))
         m.replication_lag_bytes.set(max(0, self._server_lsn - s.stream.confirmed))
@@ -200,6 +206,7 @@ class Streamer:
             self._s.stream.confirm(batch.end_lsn)
             self._last_status = time.monotonic()
             self._in_flight = None
+            self._publish_positions()  # lag falls the moment a batch lands
 
     async def _wait_for_batch(self) -> None:
         while True:
@@ -269,10 +276,11 @@ class Streamer:
             width = len(config.columns)
             content = _fill(content, fetched[:width])
             metadata = _fill(metadata, fetched[width:])
+        # No placeholder is left here: each was filled from the buffer or the source.
         return RowState(
             change.table,
             change.source_id,
-            render_content(v for v in content if isinstance(v, str)),
+            render_content(content),  # type: ignore[arg-type]
             dict(zip(config.metadata, metadata, strict=True)),
             lsn,
         )

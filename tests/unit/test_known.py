@@ -18,6 +18,8 @@ def test_fingerprint_covers_content_metadata_and_model() -> None:
     assert fingerprint(row("text", {"a": "1"}), "m2") != base
     # A boundary between fields cannot be faked by moving text across it.
     assert fingerprint(row("ab", {}), "m") != fingerprint(row("a", {}), "mb")
+    assert fingerprint(row("a", {"x": "b"}), "m") != fingerprint(row("ab", {"x": ""}), "m")
+    assert fingerprint(row("a", {"x": None}), "m") != fingerprint(row("a", {"x": ""}), "m")
 
 
 def test_unchanged_only_for_the_same_fingerprint() -> None:
