@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import DIMENSIONS, Deployment, Table
+from tests.harness import DIMENSIONS, CdcProcess, Deployment, Table
 from tests.pg import PgServer, start_server, unique_slot
 
 
@@ -50,6 +50,15 @@ CREATE TABLE articles (
     views int NOT NULL DEFAULT 0
 )
 """
+
+
+@pytest.fixture
+def running(deployment: Deployment) -> Iterator[CdcProcess]:
+    """`cdc run` on the deployment, past its snapshot; it must exit 0 on SIGTERM at the end."""
+    process = deployment.start()
+    deployment.wait_ready()
+    yield process
+    assert process.stop() == 0, process.output
 
 
 @pytest.fixture

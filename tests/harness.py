@@ -167,6 +167,10 @@ class Deployment:
         """
         if not self.snapshot_done():
             return False  # a new slot starts past `lsn` while its snapshot is still written
+        return self.confirmed_past(lsn)
+
+    def confirmed_past(self, lsn: str) -> bool:
+        """Whether the slot's confirmed flush LSN is at or past `lsn`."""
         with self.connect() as conn:
             row = conn.execute(
                 "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "

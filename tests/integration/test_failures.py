@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ import pytest
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import CdcProcess, Deployment, assert_in_step, free_port, scrape, wait_until
 from tests.pg import PgServer, start_server, unique_slot
-
-
-@pytest.fixture
-def running(deployment: Deployment) -> Iterator[CdcProcess]:
-    process = deployment.start()
-    deployment.wait_ready()
-    yield process
-    assert process.stop() == 0, process.output
 
 
 def _workload(deployment: Deployment, rounds: int, stop: threading.Event) -> None:
@@ -111,13 +102,7 @@ def test_sigterm_flushes_what_is_buffered_and_exits_0(
     assert endpoint.requests == 0
     assert process.stop() == 0, process.output
     assert [r["source_id"] for r in deployment.sink_rows()] == ["1"]
-    with deployment.connect() as conn:
-        row = conn.execute(
-            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-            "WHERE slot_name = %s",
-            (target, deployment.slot),
-        ).fetchone()
-    assert row is not None and row[0], "the drained change was confirmed to the server"
+    assert deployment.confirmed_past(target), "the drained change was confirmed to the server"
 
 
 def test_bad_config_key_exits_2_naming_it(deployment: Deployment) -> None:

@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import Deployment, assert_in_step, free_port
-
-
-@pytest.fixture
-def running(deployment: Deployment):
-    process = deployment.start()
-    deployment.wait_ready()
-    yield process
-    code = process.stop()
-    assert code == 0, process.output
 
 
 def test_rows_present_before_start_are_embedded_then_changes_stream(

@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-
-import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import CdcProcess, Deployment, Table, assert_in_step
-
-
-@pytest.fixture
-def running(deployment: Deployment) -> Iterator[CdcProcess]:
-    process = deployment.start()
-    deployment.wait_ready()
-    yield process
-    assert process.stop() == 0, process.output
 
 
 def test_large_streamed_transaction_that_commits_lands_whole(
