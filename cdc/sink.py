@@ -54,6 +54,16 @@ class SinkWrite:
     landed: list[SourceKey] = field(default_factory=list)
     checkpoint: int | None = None
 
+    def is_empty(self) -> bool:
+        return not (
+            self.truncated
+            or self.remove
+            or self.trim
+            or self.upserts
+            or self.metadata_only
+            or self.dead_letters
+        )
+
 
 def _lsn_text(lsn: int | None) -> str | None:
     return None if lsn is None else str(Lsn(lsn))
@@ -139,7 +149,13 @@ class Sink:
             into[(table, source_id)][chunk] = StoredChunk(digest, model, bool(same))
 
     async def write(self, batch: SinkWrite) -> None:
-        """Apply `batch` and move the checkpoint, atomically."""
+        """Apply `batch` and move the checkpoint, atomically.
+
+        A batch that changes nothing is not written at all: the confirmed position the server
+        keeps already covers it, and the checkpoint only guards changes that were written.
+        """
+        if batch.is_empty():
+            return
         async with self._conn.transaction():
             await self._truncate(batch.truncated)
             await self._remove(batch.remove)

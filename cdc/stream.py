@@ -137,12 +137,13 @@ class ReplicationStream:
             if not ready.done():
                 ready.set_result(None)
 
+        # A timer instead of asyncio.wait_for: no task per wake-up on the stream's hot path.
         loop.add_reader(fd, wake)
+        timer = loop.call_later(timeout, wake)
         try:
-            await asyncio.wait_for(ready, timeout)
-        except TimeoutError:
-            pass
+            await ready
         finally:
+            timer.cancel()
             loop.remove_reader(fd)
 
     def confirm(self, lsn: int) -> None:
