@@ -16,12 +16,10 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from cdc.apply import Applier
-from cdc.content import render_content, render_source_id
 from cdc.lsn import Lsn
 from cdc.metrics import Metrics
-from cdc.plan import RowState
 from cdc.sink import SeenKeys, Sink
-from cdc.source import SourceTable, stream_table
+from cdc.source import SourceTable, row_state, stream_table
 from cdc.stream import ReplicationStream
 
 log = logging.getLogger(__name__)
@@ -82,22 +80,9 @@ async def _snapshot_table(
     async for rows in stream_table(conn, table, SNAPSHOT_BATCH_ROWS):
         if stop.is_set():
             raise SnapshotInterrupted(f"stopped during the snapshot of {table.name}")
-        states = [_row_state(table, row) for row in rows]
+        states = [row_state(table, row) for row in rows]
         await seen.add([state.key for state in states])
         await applier.apply([], states, checkpoint=None)
         metrics.snapshot_rows.labels(table=table.name).inc(len(rows))
         total += len(rows)
     log.info("snapshot of %s: %d rows", table.name, total)
-
-
-def _row_state(table: SourceTable, row: tuple[str | None, ...]) -> RowState:
-    width = len(table.key_names)
-    content_end = width + len(table.config.columns)
-    key = tuple(str(value) for value in row[:width])
-    return RowState(
-        source_table=table.name,
-        source_id=render_source_id(key),
-        content=render_content(row[width:content_end]),
-        metadata=dict(zip(table.config.metadata, row[content_end:], strict=True)),
-        lsn=None,
-    )

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection, sql
 
 from cdc.config import TableConfig
+from cdc.content import render_content, render_source_id
 from cdc.errors import ConfigError
+from cdc.plan import RowState
 
 Columns = tuple[str, ...]
 
@@ -170,3 +172,16 @@ async def stream_table(
         await cursor.execute(query)
         while rows := await cursor.fetchmany(batch_rows):
             yield rows
+
+
+def row_state(table: SourceTable, row: Sequence[str | None]) -> RowState:
+    """A source row read by `stream_table` (key, content, metadata as text) as a `RowState`."""
+    width = len(table.key_names)
+    content_end = width + len(table.config.columns)
+    return RowState(
+        source_table=table.name,
+        source_id=render_source_id([str(value) for value in row[:width]]),
+        content=render_content(row[width:content_end]),
+        metadata=dict(zip(table.config.metadata, row[content_end:], strict=True)),
+        lsn=None,
+    )

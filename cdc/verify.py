@@ -25,7 +25,7 @@ from psycopg import AsyncConnection, sql
 
 from cdc.apply import Applier
 from cdc.config import Settings, TableConfig
-from cdc.content import make_chunks, render_content, render_source_id
+from cdc.content import make_chunks, render_source_id
 from cdc.embed import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError
 from cdc.metrics import Metrics
@@ -34,7 +34,7 @@ from cdc.provision import connect
 from cdc.schema import SinkNames
 from cdc.sink import Sink
 from cdc.slots import slot_info
-from cdc.source import SourceTable, describe_tables, stream_table
+from cdc.source import SourceTable, describe_tables, row_state, stream_table
 
 log = logging.getLogger(__name__)
 Conn = AsyncConnection[tuple[Any, ...]]
@@ -156,19 +156,6 @@ def key_values(source_id: str, width: int) -> tuple[str, ...] | None:
 def orphans(source_ids: Iterable[str], existing: Set[str]) -> list[str]:
     """The sink ids whose source row does not exist."""
     return [source_id for source_id in source_ids if source_id not in existing]
-
-
-def row_state(table: SourceTable, row: Sequence[str | None]) -> RowState:
-    """A source row read by `stream_table` (key, content, metadata as text) as a `RowState`."""
-    width = len(table.key_names)
-    content_end = width + len(table.config.columns)
-    return RowState(
-        source_table=table.name,
-        source_id=render_source_id([str(value) for value in row[:width]]),
-        content=render_content(row[width:content_end]),
-        metadata=dict(zip(table.config.metadata, row[content_end:], strict=True)),
-        lsn=None,
-    )
 
 
 # -- reports ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 from cdc.config import TableConfig
 from cdc.content import content_hash, make_chunks, render_source_id
 from cdc.plan import RowState
-from cdc.source import SourceTable
+from cdc.source import SourceTable, row_state
 from cdc.verify import (
     EXAMPLES,
     HeldChunk,
@@ -20,7 +20,6 @@ from cdc.verify import (
     key_values,
     orphans,
     render_report,
-    row_state,
 )
 
 MODEL = "m"
