@@ -42,9 +42,7 @@ class TableShape:
     table: str
     key_names: tuple[str, ...]
     key_positions: tuple[int, ...]
-    content_names: tuple[str, ...]
     content_positions: tuple[int, ...]
-    metadata_names: tuple[str, ...]
     metadata_positions: tuple[int, ...]
     # Projections built once per relation: this runs for every change of the stream.
     pick_key: Picker = field(init=False, repr=False, compare=False)
@@ -162,9 +160,7 @@ def shape_for(
         table=table.table,
         key_names=tuple(name for name, _ in key),
         key_positions=tuple(index for _, index in key),
-        content_names=tuple(table.columns),
         content_positions=_positions(table, table.columns, positions, "columns"),
-        metadata_names=tuple(table.metadata),
         metadata_positions=_positions(table, table.metadata, positions, "metadata"),
     )
 

@@ -22,7 +22,14 @@ from cdc.buffer import Batch, ChangeBuffer
 from cdc.changes import RowChange, Transaction
 from cdc.config import Settings
 from cdc.content import render_content
-from cdc.frames import XLOGDATA_HEADER, Keepalive, is_xlogdata, parse_frame, xlogdata_wal_end
+from cdc.frames import (
+    XLOGDATA_HEADER,
+    Keepalive,
+    is_xlogdata,
+    parse_frame,
+    pg_timestamp,
+    xlogdata_wal_end,
+)
 from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
 from cdc.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
@@ -35,7 +42,6 @@ log = logging.getLogger(__name__)
 
 # Standby status updates at least this often, so the server never times us out.
 STATUS_INTERVAL = 10.0
-EPOCH_2000 = 946_684_800
 
 
 @dataclass
@@ -190,7 +196,7 @@ class Streamer:
             oldest = self._buffer.oldest_commit_time
         if oldest is None:
             return 0.0
-        return max(0.0, time.time() - (EPOCH_2000 + oldest / 1_000_000))
+        return max(0.0, time.time() - pg_timestamp(oldest).timestamp())
 
     # ---- flushing ---------------------------------------------------------------------------
 
