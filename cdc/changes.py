@@ -160,7 +160,7 @@ def shape_for(
         table=table.table,
         key_names=tuple(name for name, _ in key),
         key_positions=tuple(index for _, index in key),
-        content_positions=_positions(table, table.columns, positions, "columns"),
+        content_positions=_positions(table, table.content_columns, positions, "columns"),
         metadata_positions=_positions(table, table.metadata, positions, "metadata"),
     )
 

@@ -15,9 +15,19 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdc.content import ContentRule
 from cdc.errors import ConfigError
 
 ENV_PREFIX = "CDC_"
@@ -72,9 +82,39 @@ class EmbeddingConfig(_Strict):
 
 class TableConfig(_Strict):
     table: str
-    columns: list[str] = Field(min_length=1)
+    # The content: `columns` joined by a blank line, or a `template` over columns (one of two).
+    columns: list[str] = []
+    template: str | None = None
     metadata: list[str] = []
     target: str | None = None
+    _content: ContentRule = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _one_content_rule(self) -> TableConfig:
+        if bool(self.columns) == (self.template is not None):
+            raise ValueError(
+                f"{self.table}: set exactly one of columns (a list of columns) or template "
+                '(a format string such as "Title: {title}\\n\\n{body}")'
+            )
+        try:
+            self._content = (
+                ContentRule.from_template(self.template)
+                if self.template is not None
+                else ContentRule.joined(self.columns)
+            )
+        except ValueError as error:
+            raise ValueError(f"{self.table}: {error}") from None
+        return self
+
+    @property
+    def content(self) -> ContentRule:
+        """How a row of this table becomes text (see `ContentRule`)."""
+        return self._content
+
+    @property
+    def content_columns(self) -> tuple[str, ...]:
+        """The columns the content is made of, each once: what gets published and fetched."""
+        return self._content.columns
 
     @field_validator("table")
     @classmethod
@@ -235,6 +275,8 @@ def _describe(error: ValidationError, path: Path) -> str:
             lines.append(f"  {key}: unknown key; remove it or check its spelling")
         elif item["type"] == "missing":
             lines.append(f"  {key}: required; add it")
+        elif item["type"] == "value_error":
+            lines.append(f"  {key}: {item.get('ctx', {}).get('error', item['msg'])}")
         else:
             lines.append(f"  {key}: {item['msg']}")
     return "\n".join(lines)
@@ -258,7 +300,7 @@ def _check_consistency(settings: Settings) -> None:
         if table.table in seen:
             raise ConfigError(f"tables.{index}.table: {table.table} is configured twice")
         seen.add(table.table)
-        if len(set(table.columns)) != len(table.columns):
+        if len(set(table.columns)) != len(table.columns):  # a template may repeat a column
             raise ConfigError(f"tables.{index}.columns: a column is listed twice")
 
 

@@ -21,7 +21,6 @@ from cdc.apply import Applier
 from cdc.buffer import Batch, ChangeBuffer
 from cdc.changes import RowChange, Transaction
 from cdc.config import Settings
-from cdc.content import render_content
 from cdc.frames import (
     XLOGDATA_HEADER,
     Keepalive,
@@ -279,14 +278,14 @@ class Streamer:
             fetched = current.get((change.table, change.key))
             if fetched is None:
                 return None  # gone since; its delete is on the way
-            width = len(config.columns)
+            width = len(config.content_columns)
             content = _fill(content, fetched[:width])
             metadata = _fill(metadata, fetched[width:])
         # No placeholder is left here: each was filled from the buffer or the source.
         return RowState(
             change.table,
             change.source_id,
-            render_content(content),  # type: ignore[arg-type]
+            config.content.render(content),  # type: ignore[arg-type]
             dict(zip(config.metadata, metadata, strict=True)),
             lsn,
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection, sql
 
 from cdc.config import TableConfig
-from cdc.content import render_content, render_source_id
+from cdc.content import render_source_id
 from cdc.errors import ConfigError
 from cdc.plan import RowState
 
@@ -40,12 +40,12 @@ class SourceTable:
     @property
     def published_columns(self) -> Columns:
         """Key, content and metadata columns, each once, in that order."""
-        names = (*self.key_names, *self.config.columns, *self.config.metadata)
+        names = (*self.key_names, *self.config.content_columns, *self.config.metadata)
         return tuple(dict.fromkeys(names))
 
     def select_list(self) -> sql.Composed:
         """Key, content and metadata columns in their text form, the way pgoutput sends them."""
-        columns = (*self.key_names, *self.config.columns, *self.config.metadata)
+        columns = (*self.key_names, *self.config.content_columns, *self.config.metadata)
         return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns)
 
 
@@ -98,8 +98,8 @@ async def _describe(conn: AsyncConnection[tuple[object, ...]], table: TableConfi
     oid, identity = found[0], str(found[1])
     rows = await (await conn.execute(_COLUMNS_QUERY, (oid,))).fetchall()
     existing = {str(row[0]) for row in rows}
-    for key in ("columns", "metadata"):
-        missing = [c for c in getattr(table, key) if c not in existing]
+    for key, names in _named_columns(table):
+        missing = [c for c in names if c not in existing]
         if missing:
             raise ConfigError(
                 f"{table.table}: {key} {missing} do not exist; the table has {sorted(existing)}"
@@ -116,6 +116,12 @@ async def _describe(conn: AsyncConnection[tuple[object, ...]], table: TableConfi
         key_types=tuple(str(k[1]) for k in keys),
         replica_identity=identity,
     )
+
+
+def _named_columns(table: TableConfig) -> list[tuple[str, Sequence[str]]]:
+    """The configured column names, each with how the configuration names them."""
+    content = "columns" if table.template is None else "template placeholders"
+    return [(content, table.content_columns), ("metadata", table.metadata)]
 
 
 def rows_by_keys_query(table: SourceTable) -> sql.Composed:
@@ -136,7 +142,7 @@ def rows_by_keys_query(table: SourceTable) -> sql.Composed:
 
 
 def _qualified_select_list(table: SourceTable) -> sql.Composed:
-    columns = (*table.key_names, *table.config.columns, *table.config.metadata)
+    columns = (*table.key_names, *table.config.content_columns, *table.config.metadata)
     return sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
 
 
@@ -177,11 +183,16 @@ async def stream_table(
 def row_state(table: SourceTable, row: Sequence[str | None]) -> RowState:
     """A source row read by `stream_table` (key, content, metadata as text) as a `RowState`."""
     width = len(table.key_names)
-    content_end = width + len(table.config.columns)
+    return current_state(table, [str(value) for value in row[:width]], row[width:])
+
+
+def current_state(table: SourceTable, key: Sequence[str], values: Sequence[str | None]) -> RowState:
+    """A source row's current state from its key and its (content..., metadata...) values."""
+    content_end = len(table.config.content_columns)
     return RowState(
         source_table=table.name,
-        source_id=render_source_id([str(value) for value in row[:width]]),
-        content=render_content(row[width:content_end]),
-        metadata=dict(zip(table.config.metadata, row[content_end:], strict=True)),
+        source_id=render_source_id(key),
+        content=table.config.content.render(values[:content_end]),
+        metadata=dict(zip(table.config.metadata, values[content_end:], strict=True)),
         lsn=None,
     )

@@ -24,7 +24,7 @@ import numpy as np
 import psycopg
 import yaml
 
-from cdc.content import content_hash, render_content, render_source_id, split_content
+from cdc.content import ContentRule, content_hash, render_source_id, split_content
 from tests.fakes.openai_server import embed_vector
 
 DIMENSIONS = 32
@@ -69,12 +69,24 @@ def scrape(port: int, name: str, labels: str = "") -> float | None:
 @dataclass
 class Table:
     table: str
-    columns: list[str]
+    columns: list[str]  # empty when `template` gives the content
     metadata: list[str] = field(default_factory=list)
     target: str | None = None
+    template: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # further per-table keys
+
+    @property
+    def content_rule(self) -> ContentRule:
+        if self.template is not None:
+            return ContentRule.from_template(self.template)
+        return ContentRule.joined(self.columns)
 
     def as_config(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"table": self.table, "columns": self.columns}
+        entry: dict[str, Any] = {"table": self.table, **self.options}
+        if self.template is not None:
+            entry["template"] = self.template
+        else:
+            entry["columns"] = self.columns
         if self.metadata:
             entry["metadata"] = self.metadata
         if self.target:
@@ -266,11 +278,12 @@ def expected_vectors(
         for table in deployment.tables:
             schema, name = table.table.split(".", 1)
             keys = _key_columns(conn, schema, name)
-            columns = ", ".join(f'"{c}"::text' for c in [*keys, *table.columns])
+            rule = table.content_rule
+            columns = ", ".join(f'"{c}"::text' for c in [*keys, *rule.columns])
             rows = conn.execute(f'SELECT {columns} FROM "{schema}"."{name}"').fetchall()
             for row in rows:
                 source_id = render_source_id([str(v) for v in row[: len(keys)]])
-                content = render_content(row[len(keys) :])
+                content = rule.render(row[len(keys) :])
                 if (table.table, source_id) in dead:
                     continue
                 for number, piece in enumerate(split_content(content, max_chunk_chars)):

@@ -79,3 +79,22 @@ def test_redact_dsn_hides_passwords() -> None:
 def test_wal2json_is_refused_until_supported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"source\.plugin: wal2json"):
         load_config(write(tmp_path, BASE), {"CDC_SOURCE__PLUGIN": "wal2json"})
+
+
+def test_a_table_takes_a_template_instead_of_columns(tmp_path: Path) -> None:
+    text = BASE.replace("columns: [title, body]", 'template: "Title: {title}\\n\\n{body}"')
+    [table] = load_config(write(tmp_path, text), {}).tables
+    assert table.content_columns == ("title", "body")
+    assert table.content.render(["T", "B"]) == "Title: T\n\nB"
+
+
+def test_columns_and_template_are_exclusive_and_one_is_required(tmp_path: Path) -> None:
+    both = BASE + '    template: "{title}"\n'
+    with pytest.raises(ConfigError, match=r"tables\.0: public\.articles: set exactly one"):
+        load_config(write(tmp_path, both), {})
+    neither = BASE.replace("    columns: [title, body]\n", "")
+    with pytest.raises(ConfigError, match=r"public\.articles: set exactly one of columns"):
+        load_config(write(tmp_path, neither), {})
+    bad = BASE.replace("columns: [title, body]", 'template: "{title.upper}"')
+    with pytest.raises(ConfigError, match=r"public\.articles: template placeholder \{title"):
+        load_config(write(tmp_path, bad), {})

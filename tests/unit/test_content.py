@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import hashlib
 
-from cdc.content import content_hash, make_chunks, render_content, render_source_id, split_content
+import pytest
+
+from cdc.content import (
+    ContentRule,
+    content_hash,
+    make_chunks,
+    render_content,
+    render_source_id,
+    split_content,
+)
 
 
 def test_columns_join_with_a_blank_line_skipping_null_and_empty() -> None:
@@ -40,3 +49,37 @@ def test_long_content_splits_at_boundaries_and_loses_nothing() -> None:
 
 def test_text_without_boundaries_is_cut_hard() -> None:
     assert split_content("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]
+
+
+def test_template_renders_columns_with_null_as_empty() -> None:
+    rule = ContentRule.from_template("Title: {title}\n\n{body} by {{author}} ({title})")
+    assert rule.columns == ("title", "body")
+    assert rule.render(["Tea", "Brew it."]) == "Title: Tea\n\nBrew it. by {author} (Tea)"
+    assert rule.render([None, "Brew it."]) == "Title: \n\nBrew it. by {author} ()"
+
+
+def test_template_whose_columns_are_all_null_or_empty_has_no_content() -> None:
+    rule = ContentRule.from_template("Title: {title}\n\n{body}")
+    assert rule.render([None, ""]) == ""
+    assert make_chunks(rule.render([None, None]), 100) == []
+
+
+def test_columns_rule_is_the_blank_line_join() -> None:
+    rule = ContentRule.joined(["title", "body"])
+    assert rule.render(["A", None]) == render_content(["A", None]) == "A"
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{a.b}", r"\{a\.b\} must name a column"),
+        ("{}", "must name a column"),
+        ("{title!r}", "no conversion or format spec"),
+        ("{title:>9}", "no conversion or format spec"),
+        ("no placeholder", "names no column"),
+        ("{title", "not a valid format string"),
+    ],
+)
+def test_bad_templates_say_what_is_wrong(template: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ContentRule.from_template(template)
