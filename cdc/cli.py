@@ -80,6 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(handler=_verify)
 
+    dead = commands.add_parser(
+        "dead-letters", help="rows the embedding API rejected: list, retry"
+    )
+    dead_commands = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dead_list = dead_commands.add_parser("list", parents=[common], help="show them")
+    dead_list.add_argument("--table", help="only this configured table (schema.table)")
+    dead_list.add_argument("--json", action="store_true", help="print JSON")
+    dead_list.set_defaults(handler=_dead_letters_list)
+    dead_retry = dead_commands.add_parser(
+        "retry", parents=[common], help="re-embed them from the source (safe during `cdc run`)"
+    )
+    dead_retry.add_argument("--table", help="only this configured table (schema.table)")
+    dead_retry.add_argument("--json", action="store_true", help="print JSON")
+    dead_retry.set_defaults(handler=_dead_letters_retry)
+
     teardown = commands.add_parser("teardown", parents=[common], help="drop the slot")
     teardown.add_argument("--all", action="store_true", help="also drop the publication")
     teardown.set_defaults(handler=_teardown)
@@ -161,6 +176,25 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     outcome = await verify(settings, args.table, args.repair, make_provider)
     print(json.dumps(outcome.as_dict(), indent=2) if args.json else render_outcome(outcome))
     return EXIT_PROBLEM if outcome.drift else EXIT_OK
+
+
+async def _dead_letters_list(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.deadletters import list_dead_letters, render_list
+
+    rows = await list_dead_letters(settings, args.table)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        print(render_list(rows))
+    return EXIT_OK
+
+
+async def _dead_letters_retry(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.deadletters import render_retry, retry_dead_letters
+
+    report = await retry_dead_letters(settings, args.table, make_provider)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else render_retry(report))
+    return EXIT_PROBLEM if report.still_failing else EXIT_OK
 
 
 async def _teardown(settings: Settings, args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ The streamer knows the server only through the frames it reads: nothing new whil
 waits on a full buffer, nothing at all between sessions. Every `metrics.poll_interval` seconds
 the monitor asks the server itself for its current WAL position, the slot's state (active,
 wal_status, restart and confirmed flush LSNs) and `max_slot_wal_keep_size`, and, until the
-initial snapshot is done, how many rows each table holds. A failed poll is logged and counted;
+initial snapshot is done, how many rows each table holds; and the sink for how many rows wait
+in the dead-letter table (`cdc_dead_letters`). A failed poll is logged and counted;
 it never stops the streamer.
 """
 
@@ -16,12 +17,15 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from psycopg import sql
+
 from cdc import __version__
 from cdc.config import Settings, TableConfig
 from cdc.logs import bind_context
 from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
 from cdc.provision import Conn, connect
+from cdc.schema import SinkNames
 
 log = logging.getLogger(__name__)
 # A poll that takes longer than this is abandoned and its connection dropped.
@@ -93,6 +97,21 @@ async def poll_slot(conn: Conn, slot: str) -> SlotSample:
     )
 
 
+async def dead_letter_counts(conn: Conn, settings: Settings) -> dict[str, int] | None:
+    """Dead-lettered rows per source table; None before `cdc setup` created the table."""
+    table = SinkNames.of(settings).dead_letters
+    exists = await (
+        await conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),))
+    ).fetchone()
+    if exists is None or exists[0] is None:
+        return None
+    query = sql.SQL(
+        "SELECT source_table, count(DISTINCT source_id) FROM {} GROUP BY source_table"
+    ).format(table)
+    rows = await (await conn.execute(query)).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
 async def estimate_rows(conn: Conn, tables: Sequence[TableConfig]) -> dict[str, int]:
     """Rows each table holds, as the server estimates them, by configured name."""
     schemas = [t.schema_name for t in tables]
@@ -109,6 +128,7 @@ class SlotMonitor:
         self._metrics = metrics
         self._health = health
         self._conn: Conn | None = None
+        self._sink_conn: Conn | None = None  # only when the sink is another database
         self._failing = False
         self.polled = asyncio.Event()  # set once the first poll ended, well or not
 
@@ -153,12 +173,26 @@ class SlotMonitor:
         if not self._health.snapshot_done:
             for table, count in (await estimate_rows(self._conn, self._settings.tables)).items():
                 self._metrics.snapshot_rows_estimated.labels(table=table).set(count)
+        dead = await dead_letter_counts(await self._sink(self._conn), self._settings)
+        if dead is not None:
+            self._metrics.dead_letters_now.record(dead)
+
+    async def _sink(self, source: Conn) -> Conn:
+        if self._settings.sink_dsn == self._settings.source.dsn:
+            return source
+        if self._sink_conn is None:
+            self._sink_conn = await connect(
+                self._settings.sink_dsn, "sink", application_name="wal2vec-monitor"
+            )
+        return self._sink_conn
 
     async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        conns = (self._conn, self._sink_conn)
+        self._conn = self._sink_conn = None
+        for conn in conns:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
 
 def _describe(error: BaseException) -> str:

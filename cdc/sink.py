@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -79,6 +80,9 @@ class Sink:
         # source table -> (schema, table) of its sink table
         self._targets = {t.table: settings.target_of(t) for t in settings.tables}
         self._dead_letters_present = True
+        # Serializes writers of this slot's sink that did not come through its stream: see
+        # `writer_lock`.
+        self._lock_name = f"wal2vec writer {settings.sink.schema_} {self._slot}"
 
     @classmethod
     async def connect(cls, conn: Conn, settings: Settings) -> Sink:
@@ -157,6 +161,9 @@ class Sink:
         if batch.is_empty():
             return
         async with self._conn.transaction():
+            await self._conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_name,)
+            )
             await self._truncate(batch.truncated)
             await self._remove(batch.remove)
             await self._trim(batch.trim)
@@ -166,6 +173,31 @@ class Sink:
             await self._record_dead_letters(batch.dead_letters)
             if batch.checkpoint is not None:
                 await self._save_checkpoint(batch.checkpoint)
+
+    @asynccontextmanager
+    async def writer_lock(self) -> AsyncIterator[None]:
+        """Hold this slot's sink writer lock, which every `write` takes for its transaction.
+
+        A writer that reads the source outside the stream (`cdc dead-letters retry`) holds it
+        from its read to its commit, so no change committed after its read can reach the sink
+        before its older read does.
+        """
+        lock = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
+        await self._conn.execute(lock, (self._lock_name,))
+        try:
+            yield
+        finally:
+            unlock = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+            await self._conn.execute(unlock, (self._lock_name,))
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Dead-lettered rows per source table."""
+        query = sql.SQL(
+            "SELECT source_table, count(DISTINCT source_id) FROM {} GROUP BY source_table"
+        ).format(self._names.dead_letters)
+        async with self._conn.transaction():
+            rows = await (await self._conn.execute(query)).fetchall()
+        return {str(table): int(count) for table, count in rows}
 
     async def _truncate(self, tables: Sequence[str]) -> None:
         for table in tables:
@@ -246,7 +278,10 @@ class Sink:
     async def _resolve_dead_letters(self, batch: SinkWrite) -> None:
         if not self._dead_letters_present:
             return
-        keys = batch.landed + [row.key for row in batch.remove]
+        # A row rejected again keeps its dead letter (its attempts count goes up), though its
+        # vectors are removed.
+        failing = {letter.work.row.key for letter in batch.dead_letters}
+        keys = batch.landed + [row.key for row in batch.remove if row.key not in failing]
         if not keys:
             return
         query = sql.SQL(

@@ -279,7 +279,7 @@ async def verify(
     settings: Settings, table: str | None, repair: bool, make_provider: ProviderFactory
 ) -> Outcome:
     """Check the configured tables (or `table`); with `repair`, fix the drift and check again."""
-    configs = _selected(settings, table)
+    configs = selected_tables(settings, table)
     async with AsyncExitStack() as stack:
         source = await connect(settings.source.dsn, "source")
         stack.push_async_callback(source.close)
@@ -293,7 +293,7 @@ async def verify(
                 "would race with it. Stop `cdc run`, run `cdc verify --repair`, then start it "
                 "again (it streams on from where it stopped)"
             )
-        await _check_sink_exists(settings, sink_conn)
+        await check_sink_exists(settings, sink_conn)
         tables = await describe_tables(source, configs)
         reader = Sink(sink_conn, settings)
         # Every pass reads one source snapshot: the check after a repair compares the sink with
@@ -321,7 +321,7 @@ async def _fixer(
     return Fixer(Applier(settings, await Sink.connect(conn, settings), provider, metrics))
 
 
-def _selected(settings: Settings, table: str | None) -> list[TableConfig]:
+def selected_tables(settings: Settings, table: str | None) -> list[TableConfig]:
     if table is None:
         return list(settings.tables)
     wanted = table if "." in table else f"public.{table}"
@@ -334,7 +334,7 @@ def _selected(settings: Settings, table: str | None) -> list[TableConfig]:
     return chosen
 
 
-async def _check_sink_exists(settings: Settings, sink: Conn) -> None:
+async def check_sink_exists(settings: Settings, sink: Conn) -> None:
     names = SinkNames.of(settings)
     targets = [sql.Identifier(*target) for target in settings.sink_tables()]
     for target in [*targets, names.dead_letters]:
