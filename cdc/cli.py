@@ -80,9 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(handler=_verify)
 
-    dead = commands.add_parser(
-        "dead-letters", help="rows the embedding API rejected: list, retry"
-    )
+    dead = commands.add_parser("dead-letters", help="rows the embedding API rejected: list, retry")
     dead_commands = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
     dead_list = dead_commands.add_parser("list", parents=[common], help="show them")
     dead_list.add_argument("--table", help="only this configured table (schema.table)")
