@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,7 +25,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from cdc.config import Settings
 
@@ -208,10 +207,14 @@ class Metrics:
         self.dead_letters = Counter(
             "cdc_dead_letters", "Rows the embedding API rejected for good", ["table"], registry=r
         )
-        # The gauge shares its base name with the counter above (exposed as
-        # cdc_dead_letters_total), so it is a collector of its own rather than a `Gauge`.
-        self.dead_letters_now = DeadLetterGauge()
-        r.register(self.dead_letters_now)
+        # Not `cdc_dead_letters`: that is the counter's family name (OpenMetrics and the
+        # Prometheus client's parser would merge the two).
+        self.dead_letter_rows = Gauge(
+            "cdc_dead_letter_rows",
+            "Rows waiting in the dead-letter table now, as last polled",
+            ["table"],
+            registry=r,
+        )
 
     def _embedding_metrics(self, r: CollectorRegistry) -> None:
         self.embeddings = Counter("cdc_embeddings", "Chunks embedded", ["table"], registry=r)
@@ -262,7 +265,7 @@ class Metrics:
             _touch(self.embeddings_skipped, [{"table": table, "reason": r} for r in SKIP_REASONS])
             _touch(self.embeddings, [{"table": table}])
             _touch(self.dead_letters, [{"table": table}])
-            self.dead_letters_now.counts.setdefault(table, 0)
+            self.dead_letter_rows.labels(table=table)
             _touch(self.snapshot_rows, [{"table": table}])
 
     def record_request(self, status: str, seconds: float) -> None:
@@ -282,29 +285,13 @@ class Metrics:
     def observe_health(self, health: Health) -> None:
         self.snapshot_done.set(1 if health.snapshot_done else 0)
 
+    def record_dead_letters(self, counts: dict[str, int]) -> None:
+        """Rows waiting in the dead-letter table per configured table, from a poll."""
+        for table, count in counts.items():
+            self.dead_letter_rows.labels(table=table).set(count)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class DeadLetterGauge:
-    """`cdc_dead_letters{table}`: rows waiting in the dead-letter table now, as last polled."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def record(self, counts: dict[str, int]) -> None:
-        """Set the counts from a poll; tables without dead letters fall to 0."""
-        self.counts = {table: counts.get(table, 0) for table in self.counts | counts}
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "cdc_dead_letters",
-            "Rows waiting in the dead-letter table (cdc dead-letters list, retry)",
-            labels=["table"],
-        )
-        for table, count in sorted(self.counts.items()):
-            family.add_metric([table], count)
-        yield family
 
 
 def _touch(counter: Counter, label_sets: Iterable[dict[str, str]]) -> None:

@@ -5,7 +5,7 @@ waits on a full buffer, nothing at all between sessions. Every `metrics.poll_int
 the monitor asks the server itself for its current WAL position, the slot's state (active,
 wal_status, restart and confirmed flush LSNs) and `max_slot_wal_keep_size`, and, until the
 initial snapshot is done, how many rows each table holds; and the sink for how many rows wait
-in the dead-letter table (`cdc_dead_letters`). A failed poll is logged and counted;
+in the dead-letter table (`cdc_dead_letter_rows`). A failed poll is logged and counted;
 it never stops the streamer.
 """
 
@@ -175,7 +175,8 @@ class SlotMonitor:
                 self._metrics.snapshot_rows_estimated.labels(table=table).set(count)
         dead = await dead_letter_counts(await self._sink(self._conn), self._settings)
         if dead is not None:
-            self._metrics.dead_letters_now.record(dead)
+            tables = self._settings.tables
+            self._metrics.record_dead_letters({t.table: dead.get(t.table, 0) for t in tables})
 
     async def _sink(self, source: Conn) -> Conn:
         if self._settings.sink_dsn == self._settings.source.dsn:

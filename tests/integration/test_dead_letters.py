@@ -1,4 +1,4 @@
-"""`cdc dead-letters list|retry` and the `cdc_dead_letters` gauge."""
+"""`cdc dead-letters list|retry` and the `cdc_dead_letter_rows` gauge."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def test_retry_re_embeds_dead_letters_once_the_endpoint_accepts_them(
         deployment.wait_caught_up()
         assert assert_in_step(deployment) == 2
         wait_until(
-            lambda: scrape(port, "cdc_dead_letters", 'table="public.articles"') == 2,
-            what="cdc_dead_letters gauge at 2",
+            lambda: scrape(port, "cdc_dead_letter_rows", 'table="public.articles"') == 2,
+            what="cdc_dead_letter_rows gauge at 2",
         )
 
         listed = deployment.cli("dead-letters", "list", "--json")
@@ -57,8 +57,8 @@ def test_retry_re_embeds_dead_letters_once_the_endpoint_accepts_them(
         assert deployment.dead_letters() == []
         assert assert_in_step(deployment) == 3
         wait_until(
-            lambda: scrape(port, "cdc_dead_letters", 'table="public.articles"') == 0,
-            what="cdc_dead_letters gauge back at 0",
+            lambda: scrape(port, "cdc_dead_letter_rows", 'table="public.articles"') == 0,
+            what="cdc_dead_letter_rows gauge back at 0",
         )
         assert scrape(port, "cdc_dead_letters_total", 'table="public.articles"') == 2
         deployment.execute("UPDATE articles SET body = 'still streaming' WHERE id = 2")

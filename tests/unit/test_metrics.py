@@ -31,6 +31,7 @@ EXPECTED = [
     ("cdc_buffer_rows", "gauge", set()),
     ("cdc_flush_seconds", "histogram", set()),
     ("cdc_dead_letters", "counter", {"table"}),
+    ("cdc_dead_letter_rows", "gauge", {"table"}),
     ("cdc_confirmed_lsn", "gauge", set()),
     ("cdc_slot_retained_wal_bytes", "gauge", set()),
     ("cdc_snapshot_rows", "counter", {"table"}),
