@@ -18,6 +18,7 @@ from cdc.embed import EmbeddingProvider
 from cdc.known import KnownRows, fingerprint
 from cdc.metrics import Metrics
 from cdc.plan import ChunkWork, RowState, SourceKey, WritePlan, plan_writes
+from cdc.progress import ResyncPosition
 from cdc.sink import DeadLetter, Sink, SinkWrite
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,16 @@ class Applier:
         self._max_chars = settings.embedding.max_chunk_chars
         self._known = KnownRows(settings.sink.known_rows)
 
+    def forget_tables(self, tables: Sequence[str]) -> None:
+        """Stop trusting what this process remembers the sink holds for `tables`."""
+        self._known.forget_tables(tables)
+
     async def apply(
-        self, truncated: Sequence[str], rows: Sequence[RowState], checkpoint: int | None
+        self,
+        truncated: Sequence[str],
+        rows: Sequence[RowState],
+        checkpoint: int | None,
+        positions: Sequence[ResyncPosition] = (),
     ) -> ApplyResult:
         started = time.monotonic()
         self._metrics.batch_rows.observe(len(rows))
@@ -64,6 +73,7 @@ class Applier:
             remove=list(plan.remove),
             trim=list(plan.trim),
             metadata_only=list(plan.metadata_only),
+            positions=list(positions),
             checkpoint=checkpoint,
         )
         await self._embed_into(plan.to_embed, write)

@@ -18,6 +18,8 @@ from cdc.errors import ConfigError
 from cdc.pgoutput import UNCHANGED_TOAST, Relation, Row, Value
 
 ChangeOp = Literal["insert", "update", "delete"]
+# The prefix of the logical messages wal2vec emits itself (resync watermarks).
+MARK_PREFIX = "wal2vec.resync"
 # What it costs to hold a change in memory beyond its values, roughly (objects, tuples, keys).
 CHANGE_OVERHEAD_BYTES = 240
 
@@ -131,6 +133,8 @@ class Transaction:
     end_lsn: int
     commit_time: int
     changes: list[Change]
+    # Contents of wal2vec's own logical messages (resync watermarks) in this transaction.
+    marks: list[bytes] = field(default_factory=list)
 
 
 def shape_for(

@@ -19,7 +19,7 @@ from prometheus_client import disable_created_metrics
 from cdc import __version__
 from cdc.config import Settings, load_config
 from cdc.embed import EmbeddingProvider, OpenAIProvider, RetryPolicy
-from cdc.errors import CdcError
+from cdc.errors import CdcError, ConfigError
 from cdc.logs import configure_logging
 from cdc.metrics import Health, Metrics, serve_http
 
@@ -93,6 +93,23 @@ def _parser() -> argparse.ArgumentParser:
     dead_retry.add_argument("--json", action="store_true", help="print JSON")
     dead_retry.set_defaults(handler=_dead_letters_retry)
 
+    resync = commands.add_parser(
+        "resync",
+        parents=[common],
+        help="take the snapshot again: every table (resets the slot), or --table beside the stream",
+    )
+    resync.add_argument(
+        "--table",
+        action="append",
+        help="re-read only this configured table while streaming goes on (repeatable)",
+    )
+    resync.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="when `cdc run` is running, only request the resync; do not wait for it",
+    )
+    resync.set_defaults(handler=_resync)
+
     teardown = commands.add_parser("teardown", parents=[common], help="drop the slot")
     teardown.add_argument("--all", action="store_true", help="also drop the publication")
     teardown.set_defaults(handler=_teardown)
@@ -150,6 +167,43 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         server.close()
     log.info("stopped cleanly")
     return EXIT_OK
+
+
+async def _resync(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.full_resync import resync_all
+    from cdc.resync import request_table_resync, slot_active, wait_for_resyncs
+    from cdc.runner import run
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    metrics, stop = Metrics(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stopper(stop, signum))
+    provider = lambda s: make_provider(s, metrics)  # noqa: E731
+    if not args.table:
+        await resync_all(settings, provider, metrics, stop, print, wait=not args.no_wait)
+        return EXIT_OK
+    tables = _configured_tables(settings, args.table)
+    await request_table_resync(settings, tables)
+    if await slot_active(settings):
+        print(f"requested: the running `cdc run` re-reads {', '.join(tables)}")
+        if not args.no_wait:
+            await wait_for_resyncs(settings, tables, print, stop)
+        return EXIT_OK
+    print(f"resyncing {', '.join(tables)} (streaming meanwhile; stops when done)")
+    await run(settings, provider, metrics, Health(), stop, exit_when_resynced=True)
+    return EXIT_OK
+
+
+def _configured_tables(settings: Settings, names: Sequence[str]) -> list[str]:
+    configured = [t.table for t in settings.tables]
+    unknown = [name for name in names if name not in configured]
+    if unknown:
+        raise ConfigError(
+            f"--table {', '.join(unknown)} is not a configured table; configured: "
+            f"{', '.join(configured)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:

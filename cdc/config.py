@@ -142,6 +142,17 @@ class BufferConfig(_Strict):
     max_age: float = Field(0.05, ge=0)
 
 
+class SnapshotConfig(_Strict):
+    # Rows read and applied per step of the initial snapshot and of `cdc resync`.
+    batch_rows: int = Field(2000, ge=1, le=100_000)
+    # Rows per watermarked chunk of a per-table resync that runs beside the stream.
+    chunk_rows: int = Field(1000, ge=1, le=100_000)
+    # maintenance_work_mem for building an HNSW index after a bulk load.
+    index_build_memory: str = "1GB"
+    # Seconds between checks for a resync requested while `cdc run` runs.
+    poll_interval: float = Field(1.0, gt=0)
+
+
 class MetricsConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
@@ -166,6 +177,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingConfig = EmbeddingConfig()
     tables: list[TableConfig] = Field(min_length=1)
     buffer: BufferConfig = BufferConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 

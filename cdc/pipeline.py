@@ -33,9 +33,11 @@ from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
 from cdc.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
 from cdc.plan import RowState
+from cdc.resync import ResyncWorker, new_windows
 from cdc.source import SourceTable, fetch_rows
 from cdc.stream import MAX_FRAMES_PER_READ, ReplicationStream
 from cdc.transactions import TransactionAssembler
+from cdc.watermarks import ChunkRead
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class Session:
     metrics: Metrics
     health: Health
     checkpoint: Lsn
+    # End the session once no per-table resync is left (`cdc resync --table` with no `run`).
+    exit_when_resynced: bool = False
 
 
 class Streamer:
@@ -63,6 +67,18 @@ class Streamer:
     def __init__(self, session: Session, stop: asyncio.Event) -> None:
         self._s = session
         self._stop = stop
+        self._windows = new_windows()
+        self._resyncs = ResyncWorker(
+            session.settings,
+            session.tables,
+            session.applier,
+            session.metrics,
+            self._windows,
+            stop,
+            exit_when_idle=session.exit_when_resynced,
+        )
+        # Resync reads handed to the buffer, to be saved with the next batch applied.
+        self._landing: list[ChunkRead] = []
         cfg = session.settings.buffer
         self._buffer = ChangeBuffer(max_rows=cfg.max_rows, max_bytes=cfg.max_bytes)
         self._max_age = cfg.max_age
@@ -88,17 +104,21 @@ class Streamer:
         log.info("streaming slot %s from %s", s.settings.source.slot, s.stream.confirmed)
         reader = asyncio.create_task(self._read_loop(), name="reader")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        resyncs = asyncio.create_task(self._resyncs.run(), name="resyncs")
+        tasks = {reader, flusher, resyncs}
         try:
-            done, _ = await asyncio.wait({reader, flusher}, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-            await flusher
+            # The flusher ends last, after the final drain; any task's failure ends the session.
+            pending = set(tasks)
+            while flusher in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
         finally:
             s.health.streaming = False
             s.metrics.up.set(0)
-            for task in (reader, flusher):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, flusher, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -150,6 +170,11 @@ class Streamer:
         for change in transaction.changes:
             op = change.op if isinstance(change, RowChange) else "truncate"
             counts[(change.table, op)] += 1
+        if transaction.marks or self._windows.active:
+            for landed in self._windows.observe(transaction):
+                # The resync's read enters the stream here, at its high watermark.
+                transaction.changes.extend(landed.changes)
+                self._landing.append(landed.read)
         self._buffer.add(transaction, time.monotonic())
         self._added.set()
 
@@ -205,9 +230,11 @@ class Streamer:
             if self._buffer.empty:
                 return  # stopping, and nothing left
             batch = self._buffer.drain()
+            reads, self._landing = self._landing, []
             self._space.set()
             self._in_flight = batch
-            await self._apply(batch)
+            await self._apply(batch, reads)
+            self._resyncs.landed(reads)
             self._s.stream.confirm(batch.end_lsn)
             self._last_status = time.monotonic()
             self._in_flight = None
@@ -227,9 +254,10 @@ class Streamer:
             self._added.clear()
             await self._wait_any(self._added, remaining)
 
-    async def _apply(self, batch: Batch) -> None:
+    async def _apply(self, batch: Batch, reads: Sequence[ChunkRead]) -> None:
         rows = await self._row_states(batch.rows)
-        result = await self._s.applier.apply(list(batch.truncated), rows, batch.end_lsn)
+        positions = [read.position for read in reads]
+        result = await self._s.applier.apply(list(batch.truncated), rows, batch.end_lsn, positions)
         self._s.checkpoint = Lsn(batch.end_lsn)
         if batch.rows or batch.truncated:
             log.debug(

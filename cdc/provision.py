@@ -16,7 +16,7 @@ from psycopg import AsyncConnection, sql
 
 from cdc.config import Settings, redact_dsn
 from cdc.errors import ConfigError, SourceUnavailable
-from cdc.schema import alter_publication, create_publication, sink_ddl
+from cdc.schema import alter_publication, create_publication, index_ddl, sink_ddl
 from cdc.source import SourceTable, check_wal_level, describe_tables
 
 log = logging.getLogger(__name__)
@@ -81,37 +81,65 @@ async def _published_now(
     return {(r[0], r[1]): None if r[3] else frozenset(r[2]) for r in rows}
 
 
-async def ensure(settings: Settings, source: Conn, sink: Conn) -> list[SourceTable]:
-    """Check the source and create whatever is missing; return the described tables."""
+async def ensure(
+    settings: Settings,
+    source: Conn,
+    sink: Conn,
+    *,
+    indexes: bool = True,
+    check_shape: bool = True,
+) -> list[SourceTable]:
+    """Check the source and create whatever is missing; return the described tables.
+
+    `indexes=False` leaves missing HNSW indexes to the snapshot, which builds them after its
+    load (`cdc.indexes`); `ensure_indexes` creates them otherwise.
+    """
     tables = await inspect_source(settings, source)
     await _check_pgvector(sink)
-    for statement in sink_ddl(settings):
+    for statement in sink_ddl(settings, indexes=indexes):
         await _execute(sink, statement, "sink")
-    await check_sink_shape(settings, sink)
+    if check_shape:
+        await check_sink_shape(settings, sink)
     for statement in await publication_sql(settings, source, tables):
         log.info("publication %s: %s", settings.source.publication, statement.as_string(source))
         await _execute(source, statement, "source")
     return tables
 
 
+async def ensure_indexes(settings: Settings, sink: Conn) -> None:
+    for schema, table in settings.sink_tables():
+        await _execute(sink, index_ddl(schema, table, settings.sink.vector_type), "sink")
+
+
+def wanted_vector_type(settings: Settings) -> str:
+    return f"{settings.sink.vector_type}({settings.embedding.dimensions})"
+
+
+async def vector_type_of(sink: Conn, schema: str, table: str) -> str | None:
+    """The embedding column's type of a sink table, or None when the table does not exist."""
+    row = await (
+        await sink.execute(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'embedding'",
+            (schema, table),
+        )
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 async def check_sink_shape(settings: Settings, sink: Conn) -> None:
     """An existing sink table must hold vectors of the configured type and dimensions."""
-    wanted = f"{settings.sink.vector_type}({settings.embedding.dimensions})"
+    wanted = wanted_vector_type(settings)
     for schema, table in settings.sink_tables():
-        row = await (
-            await sink.execute(
-                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                "JOIN pg_class c ON c.oid = a.attrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'embedding'",
-                (schema, table),
-            )
-        ).fetchone()
-        if row is not None and row[0] != wanted:
+        found = await vector_type_of(sink, schema, table)
+        if found is not None and found != wanted:
             raise ConfigError(
-                f"sink table {schema}.{table} holds embedding {row[0]}, but the configuration "
-                f"asks for {wanted} (embedding.dimensions, sink.vector_type): set them back, or "
-                "point sink.table at a new table and run `cdc resync`"
+                f"sink table {schema}.{table} holds embedding {found}, but the configuration "
+                f"asks for {wanted} (embedding.dimensions, sink.vector_type): run `cdc resync` "
+                "to rebuild the vectors into a new table (readers keep the old one until it is "
+                "complete), or set them back"
             )
 
 

@@ -13,8 +13,11 @@ import logging
 import random
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
+from psycopg import AsyncConnection
 
 from cdc.apply import Applier
 from cdc.config import Settings
@@ -24,14 +27,17 @@ from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
 from cdc.monitor import observing
 from cdc.pipeline import Session, Streamer
-from cdc.provision import connect, ensure
+from cdc.provision import connect, ensure, ensure_indexes
+from cdc.resync import ResyncRequested
 from cdc.sink import Sink, SinkState
-from cdc.slots import check_slot_usable, slot_info
-from cdc.snapshot import SnapshotInterrupted, take_snapshot
+from cdc.slots import SlotInfo, check_slot_usable, slot_info
+from cdc.snapshot import SnapshotInterrupted, SnapshotParts, take_snapshot
+from cdc.source import SourceTable
 from cdc.stream import ReplicationStream
 
 log = logging.getLogger(__name__)
 ProviderFactory = Callable[[Settings], EmbeddingProvider]
+Conn = AsyncConnection[tuple[Any, ...]]
 # Consecutive failed starts before `run` gives up, as long as it never streamed.
 MAX_FAILED_STARTS = 5
 MAX_BACKOFF = 60.0
@@ -43,24 +49,31 @@ async def run(
     metrics: Metrics,
     health: Health,
     stop: asyncio.Event,
+    *,
+    exit_when_resynced: bool = False,
 ) -> None:
+    """Stream until `stop`; with `exit_when_resynced`, until no per-table resync is left."""
     async with observing(settings, metrics, health):
-        await _run_sessions(settings, make_provider, metrics, health, stop)
+        await _run_sessions(settings, make_provider, metrics, health, stop, exit_when_resynced)
 
 
-async def _run_sessions(
+async def _run_sessions(  # noqa: PLR0917
     settings: Settings,
     make_provider: ProviderFactory,
     metrics: Metrics,
     health: Health,
     stop: asyncio.Event,
+    exit_when_resynced: bool,
 ) -> None:
     failures = 0
     streamed_once = False
     while not stop.is_set():
         try:
-            await _session(settings, make_provider, metrics, health, stop)
+            await _session(settings, make_provider, metrics, health, stop, exit_when_resynced)
             return
+        except ResyncRequested as request:
+            log.info("%s", request.message)
+            continue
         except SnapshotInterrupted:
             log.info("stopped during the snapshot; the next start takes it again")
             return
@@ -90,57 +103,98 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def _session(
+@dataclass
+class Parts:
+    """What a session (or a resync) works with, opened and checked."""
+
+    settings: Settings
+    source: Conn
+    sink_conn: Conn
+    tables: list[SourceTable]
+    sink: Sink
+    state: SinkState
+    provider: EmbeddingProvider
+    applier: Applier
+    stream: ReplicationStream
+    slot: SlotInfo | None
+
+
+async def open_parts(
+    stack: AsyncExitStack,
+    settings: Settings,
+    make_provider: ProviderFactory,
+    metrics: Metrics,
+    *,
+    check_model: bool = True,
+) -> Parts:
+    source = await connect(settings.source.dsn, "source")
+    stack.push_async_callback(source.close)
+    sink_conn = await connect(settings.sink_dsn, "sink")
+    stack.push_async_callback(sink_conn.close)
+    tables = await ensure(settings, source, sink_conn, indexes=False, check_shape=check_model)
+    sink = await Sink.connect(sink_conn, settings)
+    state = await sink.load_state()
+    if check_model:
+        _check_model(settings, state)
+    if state.snapshot_done:
+        await ensure_indexes(settings, sink_conn)
+    provider = make_provider(settings)
+    stack.push_async_callback(provider.aclose)
+    stream = ReplicationStream.connect(
+        settings.source.dsn, settings.source.slot, settings.source.publication
+    )
+    stack.callback(stream.close)
+    return Parts(
+        settings=settings,
+        source=source,
+        sink_conn=sink_conn,
+        tables=tables,
+        sink=sink,
+        state=state,
+        provider=provider,
+        applier=Applier(settings, sink, provider, metrics),
+        stream=stream,
+        slot=await slot_info(source, settings.source.slot),
+    )
+
+
+async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event) -> Lsn:
+    """The checkpoint to stream from, after taking the snapshot if it is not done."""
+    state, slot = parts.state, parts.slot
+    check_slot_usable(slot, state.snapshot_done, parts.settings.source.slot)
+    if state.snapshot_done:
+        return state.checkpoint or Lsn(0)
+    if slot is not None:
+        log.info("slot %s exists but its snapshot is not complete: taking it again", slot.name)
+        parts.stream.drop_slot()
+    snapshot = SnapshotParts(parts.settings, parts.sink, parts.applier, metrics, stop)
+    checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
+    await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)
+    return checkpoint
+
+
+async def _session(  # noqa: PLR0917
     settings: Settings,
     make_provider: ProviderFactory,
     metrics: Metrics,
     health: Health,
     stop: asyncio.Event,
+    exit_when_resynced: bool,
 ) -> None:
     async with AsyncExitStack() as stack:
-        source = await connect(settings.source.dsn, "source")
-        stack.push_async_callback(source.close)
-        sink_conn = await connect(settings.sink_dsn, "sink")
-        stack.push_async_callback(sink_conn.close)
-        tables = await ensure(settings, source, sink_conn)
-        sink = await Sink.connect(sink_conn, settings)
-        state = await sink.load_state()
-        _check_model(settings, state)
-        provider = make_provider(settings)
-        stack.push_async_callback(provider.aclose)
-        applier = Applier(settings, sink, provider, metrics)
-        stream = ReplicationStream.connect(
-            settings.source.dsn, settings.source.slot, settings.source.publication
-        )
-        stack.callback(stream.close)
-        slot = await slot_info(source, settings.source.slot)
-        check_slot_usable(slot, state.snapshot_done, settings.source.slot)
-        checkpoint = state.checkpoint or Lsn(0)
-        if not state.snapshot_done:
-            if slot is not None:
-                log.info(
-                    "slot %s exists but its snapshot never completed: taking it again", slot.name
-                )
-                stream.drop_slot()
-            checkpoint = await take_snapshot(
-                source_dsn=settings.source.dsn,
-                stream=stream,
-                tables=tables,
-                sink=sink,
-                applier=applier,
-                metrics=metrics,
-                stop=stop,
-            )
+        parts = await open_parts(stack, settings, make_provider, metrics)
+        checkpoint = await snapshot_if_needed(parts, metrics, stop)
         health.snapshot_done = True
         session = Session(
             settings=settings,
-            stream=stream,
-            source=source,
-            tables={t.name: t for t in tables},
-            applier=applier,
+            stream=parts.stream,
+            source=parts.source,
+            tables={t.name: t for t in parts.tables},
+            applier=parts.applier,
             metrics=metrics,
             health=health,
             checkpoint=checkpoint,
+            exit_when_resynced=exit_when_resynced,
         )
         await Streamer(session, stop).run()
 

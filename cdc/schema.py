@@ -15,6 +15,7 @@ from cdc.source import SourceTable
 
 STATE_TABLE = "cdc_state"
 DEAD_LETTER_TABLE = "cdc_dead_letters"
+SNAPSHOTS_TABLE = "cdc_snapshots"
 OPS = {"vector": "vector_cosine_ops", "halfvec": "halfvec_cosine_ops"}
 
 
@@ -25,6 +26,7 @@ class SinkNames:
     schema: str
     state: sql.Identifier
     dead_letters: sql.Identifier
+    snapshots: sql.Identifier
 
     @classmethod
     def of(cls, settings: Settings) -> SinkNames:
@@ -33,6 +35,7 @@ class SinkNames:
             schema=schema,
             state=sql.Identifier(schema, STATE_TABLE),
             dead_letters=sql.Identifier(schema, DEAD_LETTER_TABLE),
+            snapshots=sql.Identifier(schema, SNAPSHOTS_TABLE),
         )
 
 
@@ -42,10 +45,10 @@ def index_name(table: str) -> str:
 
 
 def sink_table_ddl(
-    schema: str, table: str, vector_type: str, dimensions: int
+    schema: str, table: str, vector_type: str, dimensions: int, *, index: bool = True
 ) -> list[sql.Composed]:
     target = sql.Identifier(schema, table)
-    return [
+    statements = [
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (\n"
             "    source_table text NOT NULL,\n"
@@ -61,10 +64,16 @@ def sink_table_ddl(
             "    PRIMARY KEY (source_table, source_id, chunk)\n"
             ")"
         ).format(target, sql.SQL(vector_type), sql.Literal(dimensions)),
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {})").format(
-            sql.Identifier(index_name(table)), target, sql.SQL(OPS[vector_type])
-        ),
     ]
+    if index:
+        statements.append(index_ddl(schema, table, vector_type))
+    return statements
+
+
+def index_ddl(schema: str, table: str, vector_type: str) -> sql.Composed:
+    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {})").format(
+        sql.Identifier(index_name(table)), sql.Identifier(schema, table), sql.SQL(OPS[vector_type])
+    )
 
 
 def state_ddl(names: SinkNames) -> list[sql.Composed]:
@@ -94,15 +103,36 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
             "    PRIMARY KEY (source_table, source_id, chunk)\n"
             ")"
         ).format(names.dead_letters),
+        # One row per configured table: its last snapshot or resync, and where it got to.
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (\n"
+            "    slot text NOT NULL,\n"
+            "    source_table text NOT NULL,\n"
+            "    kind text NOT NULL,\n"
+            "    status text NOT NULL,\n"
+            "    phase text NOT NULL DEFAULT 'rows',\n"
+            "    last_key text[],\n"
+            "    last_source_id text,\n"
+            "    rows_done bigint NOT NULL DEFAULT 0,\n"
+            "    rows_estimated bigint,\n"
+            "    requested_at timestamptz NOT NULL DEFAULT now(),\n"
+            "    started_at timestamptz,\n"
+            "    finished_at timestamptz,\n"
+            "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+            "    PRIMARY KEY (slot, source_table)\n"
+            ")"
+        ).format(names.snapshots),
     ]
 
 
-def sink_ddl(settings: Settings) -> list[sql.Composed]:
+def sink_ddl(settings: Settings, *, indexes: bool = True) -> list[sql.Composed]:
+    """Extension, state tables and sink tables; `indexes=False` leaves the HNSW indexes to a
+    snapshot that loads first and indexes after."""
     statements = [sql.SQL("CREATE EXTENSION IF NOT EXISTS vector").format()]
     statements += state_ddl(SinkNames.of(settings))
     for schema, table in settings.sink_tables():
         statements += sink_table_ddl(
-            schema, table, settings.sink.vector_type, settings.embedding.dimensions
+            schema, table, settings.sink.vector_type, settings.embedding.dimensions, index=indexes
         )
     return statements
 

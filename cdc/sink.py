@@ -21,6 +21,7 @@ from cdc.config import Settings
 from cdc.embed import Vector
 from cdc.lsn import Lsn
 from cdc.plan import ChunkWork, RowState, SourceKey, StoredChunk
+from cdc.progress import ProgressStore, ResyncPosition
 from cdc.schema import SinkNames
 
 Conn = AsyncConnection[tuple[Any, ...]]
@@ -53,6 +54,8 @@ class SinkWrite:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # Rows that landed: any dead letter they had is resolved.
     landed: list[SourceKey] = field(default_factory=list)
+    # Per-table resync positions this write covers: saved with it.
+    positions: list[ResyncPosition] = field(default_factory=list)
     checkpoint: int | None = None
 
     def is_empty(self) -> bool:
@@ -63,31 +66,55 @@ class SinkWrite:
             or self.upserts
             or self.metadata_only
             or self.dead_letters
+            or self.positions
         )
+
+
+_ON_CONFLICT = (
+    "ON CONFLICT (source_table, source_id, chunk) DO UPDATE SET "
+    "content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, "
+    "model = EXCLUDED.model, embedding = EXCLUDED.embedding, "
+    "metadata = EXCLUDED.metadata, lsn = EXCLUDED.lsn, updated_at = now()"
+)
+_STAGE_TYPES = [
+    "text", "text", "int4", "text", "text", "text", "vector", "jsonb", "text"
+]  # fmt: skip
 
 
 def _lsn_text(lsn: int | None) -> str | None:
     return None if lsn is None else str(Lsn(lsn))
 
 
+# Upserts of at least this many chunks go through a binary COPY into a staging table and one
+# INSERT ... SELECT; fewer are cheaper as a pipelined executemany.
+STAGED_UPSERT_ROWS = 64
+STAGE_TABLE = sql.Identifier("wal2vec_stage")
+
+
 class Sink:
-    def __init__(self, conn: Conn, settings: Settings) -> None:
+    def __init__(
+        self, conn: Conn, settings: Settings, targets: dict[str, tuple[str, str]] | None = None
+    ) -> None:
         self._conn = conn
         self._settings = settings
         self._names = SinkNames.of(settings)
         self._model = settings.embedding.model
         self._slot = settings.source.slot
-        # source table -> (schema, table) of its sink table
-        self._targets = {t.table: settings.target_of(t) for t in settings.tables}
+        # source table -> (schema, table) of its sink table (a rebuild writes elsewhere)
+        self._targets = targets or {t.table: settings.target_of(t) for t in settings.tables}
         self._dead_letters_present = True
         # Serializes writers of this slot's sink that did not come through its stream: see
         # `writer_lock`.
         self._lock_name = f"wal2vec writer {settings.sink.schema_} {self._slot}"
+        self._stage_ready = False
+        self.progress = ProgressStore(conn, self._names, self._slot)
 
     @classmethod
-    async def connect(cls, conn: Conn, settings: Settings) -> Sink:
+    async def connect(
+        cls, conn: Conn, settings: Settings, targets: dict[str, tuple[str, str]] | None = None
+    ) -> Sink:
         await register_vector_async(conn)
-        sink = cls(conn, settings)
+        sink = cls(conn, settings, targets)
         sink._dead_letters_present = await sink.dead_letter_count() > 0
         return sink
 
@@ -97,6 +124,10 @@ class Sink:
 
     def target(self, source_table: str) -> sql.Identifier:
         return sql.Identifier(*self._targets[source_table])
+
+    def target_names(self, source_tables: Sequence[str]) -> list[tuple[str, str]]:
+        """The (schema, table) each of `source_tables` writes to, each once."""
+        return list(dict.fromkeys(self._targets[t] for t in source_tables))
 
     @property
     def dead_letter_table(self) -> sql.Identifier:
@@ -171,6 +202,7 @@ class Sink:
             await self._update_metadata(batch.metadata_only)
             await self._resolve_dead_letters(batch)
             await self._record_dead_letters(batch.dead_letters)
+            await self.progress.save_positions(batch.positions)
             if batch.checkpoint is not None:
                 await self._save_checkpoint(batch.checkpoint)
 
@@ -232,16 +264,7 @@ class Sink:
 
     async def _upsert(self, upserts: Sequence[tuple[ChunkWork, Vector]]) -> None:
         for target, group in _by_target(self._targets, upserts, lambda u: u[0].row.source_table):
-            query = sql.SQL(
-                "INSERT INTO {} (source_table, source_id, chunk, content, content_hash, model, "
-                "embedding, metadata, lsn, updated_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::pg_lsn, now()) "
-                "ON CONFLICT (source_table, source_id, chunk) DO UPDATE SET "
-                "content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, "
-                "model = EXCLUDED.model, embedding = EXCLUDED.embedding, "
-                "metadata = EXCLUDED.metadata, lsn = EXCLUDED.lsn, updated_at = now()"
-            ).format(target)
-            params = [
+            rows = [
                 (
                     work.row.source_table,
                     work.row.source_id,
@@ -255,8 +278,45 @@ class Sink:
                 )
                 for work, vector in group
             ]
+            if len(rows) >= STAGED_UPSERT_ROWS:
+                await self._staged_upsert(target, rows)
+                continue
+            query = sql.SQL(
+                "INSERT INTO {} (source_table, source_id, chunk, content, content_hash, model, "
+                "embedding, metadata, lsn, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::pg_lsn, now()) " + _ON_CONFLICT
+            ).format(target)
             async with self._conn.cursor() as cursor:
-                await cursor.executemany(query, params)
+                await cursor.executemany(query, rows)
+
+    async def _staged_upsert(self, target: sql.Identifier, rows: list[tuple[Any, ...]]) -> None:
+        """Binary COPY into a temporary table, then one INSERT ... SELECT: a bulk load's rows
+        cross the wire once, in binary, with no per-row statement."""
+        conn = self._conn
+        if not self._stage_ready:
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (source_table text, source_id text, "
+                    "chunk int, content text, content_hash text, model text, embedding vector, "
+                    "metadata jsonb, lsn text) ON COMMIT DELETE ROWS"
+                ).format(STAGE_TABLE)
+            )
+            self._stage_ready = True
+        copy_sql = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(STAGE_TABLE)
+        async with conn.cursor() as cursor:
+            async with cursor.copy(copy_sql) as copy:
+                copy.set_types(_STAGE_TYPES)
+                for row in rows:
+                    await copy.write_row(row)
+            await cursor.execute(
+                sql.SQL(
+                    "INSERT INTO {} (source_table, source_id, chunk, content, content_hash, "
+                    "model, embedding, metadata, lsn, updated_at) "
+                    "SELECT source_table, source_id, chunk, content, content_hash, model, "
+                    "embedding, metadata, lsn::pg_lsn, now() FROM {} " + _ON_CONFLICT
+                ).format(target, STAGE_TABLE)
+            )
+            await cursor.execute(sql.SQL("TRUNCATE {}").format(STAGE_TABLE))
 
     async def _update_metadata(self, works: Sequence[ChunkWork]) -> None:
         for target, group in _by_target(self._targets, works, lambda w: w.row.source_table):
@@ -328,12 +388,18 @@ class Sink:
         )
 
     async def mark_snapshot(self, done: bool, checkpoint: int | None) -> None:
-        """Record that a snapshot began (done=False, no checkpoint) or completed at `checkpoint`."""
+        """Record that a snapshot began (done=False, no checkpoint) or completed at `checkpoint`.
+
+        Only a completed snapshot records the configured model: until then the state keeps
+        naming the model the sink's vectors were made with.
+        """
+        model_update = "model = EXCLUDED.model, dimensions = EXCLUDED.dimensions, " if done else ""
         query = sql.SQL(
             "INSERT INTO {} (slot, checkpoint_lsn, snapshot_done, model, dimensions) "
             "VALUES (%s, %s::pg_lsn, %s, %s, %s) ON CONFLICT (slot) DO UPDATE SET "
             "checkpoint_lsn = EXCLUDED.checkpoint_lsn, snapshot_done = EXCLUDED.snapshot_done, "
-            "model = EXCLUDED.model, dimensions = EXCLUDED.dimensions, updated_at = now()"
+            + model_update
+            + "updated_at = now()"
         ).format(self._names.state)
         embedding = self._settings.embedding
         async with self._conn.transaction():
@@ -341,6 +407,14 @@ class Sink:
                 query,
                 (self._slot, _lsn_text(checkpoint), done, embedding.model, embedding.dimensions),
             )
+
+    async def request_snapshot(self) -> None:
+        """Ask for the snapshot to be taken again (a running streamer notices and restarts)."""
+        query = sql.SQL(
+            "UPDATE {} SET snapshot_done = false, updated_at = now() WHERE slot = %s"
+        ).format(self._names.state)
+        async with self._conn.transaction():
+            await self._conn.execute(query, (self._slot,))
 
     async def held_chunks(
         self, source_table: str, source_ids: Sequence[str]

@@ -1,52 +1,72 @@
-"""The initial snapshot: embed the rows that exist when the slot is created.
+"""The initial snapshot (and a full resync): embed the rows that exist when the slot is created.
 
 The slot exports the snapshot it starts from; reading the tables inside that snapshot and then
 streaming from the slot's consistent point misses nothing and applies nothing twice. The rows
 take the same embed -> sink path as streamed changes, so content already in the sink (a
-snapshot interrupted and started again) costs no API call.
+snapshot interrupted and started again, or a full resync) costs no API call.
+
+A sink table that starts empty is loaded without its HNSW index, which is built once at the
+end (`cdc.indexes`). Reading the next batch from the source overlaps embedding and writing the
+current one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
 from cdc.apply import Applier
+from cdc.config import Settings
+from cdc.indexes import build_indexes, defer_indexes
 from cdc.lsn import Lsn
 from cdc.metrics import Metrics
+from cdc.plan import RowState
 from cdc.sink import SeenKeys, Sink
-from cdc.source import SourceTable, row_state, stream_table
+from cdc.source import SourceTable, estimate_rows, row_state, stream_table
 from cdc.stream import ReplicationStream
 
 log = logging.getLogger(__name__)
-SNAPSHOT_BATCH_ROWS = 1000
+# Seconds between progress lines in the log.
+PROGRESS_LOG_INTERVAL = 10.0
+# Batches read ahead of the one being embedded.
+READ_AHEAD = 2
 
 
 class SnapshotInterrupted(Exception):
     """Stop was requested mid-snapshot; the next start takes it again."""
 
 
+@dataclass
+class SnapshotParts:
+    settings: Settings
+    sink: Sink
+    applier: Applier
+    metrics: Metrics
+    stop: asyncio.Event
+
+
 async def take_snapshot(
-    *,
-    source_dsn: str,
-    stream: ReplicationStream,
-    tables: Sequence[SourceTable],
-    sink: Sink,
-    applier: Applier,
-    metrics: Metrics,
-    stop: asyncio.Event,
+    parts: SnapshotParts, stream: ReplicationStream, tables: Sequence[SourceTable]
 ) -> Lsn:
-    """Create the slot, embed every existing row, and return the LSN streaming starts from."""
+    """Create the slot, embed every existing row, and return the LSN streaming starts from.
+
+    The caller records the snapshot as done (with that LSN) when it is ready to.
+    """
+    sink, settings = parts.sink, parts.settings
     created = stream.create_slot()
     log.info("created slot at %s; snapshot %s", created.consistent_point, created.snapshot_name)
     await sink.mark_snapshot(done=False, checkpoint=None)
+    deferred = await defer_indexes(sink.connection, sink.target_names([t.name for t in tables]))
     seen = SeenKeys(sink)
     await seen.start()
-    conn = await AsyncConnection.connect(source_dsn)
+    conn = await AsyncConnection.connect(settings.source.dsn)
     try:
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         await conn.set_read_only(True)
@@ -54,35 +74,96 @@ async def take_snapshot(
             await conn.execute(
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(created.snapshot_name))
             )
+            estimates = {t.name: await estimate_rows(conn, t) for t in tables}
+            await sink.progress.begin_snapshot(estimates)
             for table in tables:
-                await _snapshot_table(
-                    conn=conn, table=table, seen=seen, applier=applier, metrics=metrics, stop=stop
-                )
+                await _snapshot_table(parts, conn, table, seen, estimates[table.name])
     finally:
         await conn.close()
     removed = await seen.remove_unseen([t.name for t in tables])
     if removed:
         log.info("snapshot removed %d sink rows whose source rows are gone", removed)
-    await sink.mark_snapshot(done=True, checkpoint=created.consistent_point)
+    await build_indexes(
+        sink.connection, deferred, settings.sink.vector_type, settings.snapshot.index_build_memory
+    )
+    await sink.progress.finish_snapshot([t.name for t in tables])
     return created.consistent_point
 
 
 async def _snapshot_table(
-    *,
+    parts: SnapshotParts,
     conn: AsyncConnection[tuple[str | None, ...]],
     table: SourceTable,
     seen: SeenKeys,
-    applier: Applier,
-    metrics: Metrics,
-    stop: asyncio.Event,
+    estimate: int,
 ) -> None:
-    total = 0
-    async for rows in stream_table(conn, table, SNAPSHOT_BATCH_ROWS):
-        if stop.is_set():
+    meter = _Meter(table.name, estimate)
+    counter = parts.metrics.snapshot_rows.labels(table=table.name)
+    async for states in _read_ahead(conn, table, parts.settings.snapshot.batch_rows):
+        if parts.stop.is_set():
             raise SnapshotInterrupted(f"stopped during the snapshot of {table.name}")
-        states = [row_state(table, row) for row in rows]
         await seen.add([state.key for state in states])
-        await applier.apply([], states, checkpoint=None)
-        metrics.snapshot_rows.labels(table=table.name).inc(len(rows))
-        total += len(rows)
-    log.info("snapshot of %s: %d rows", table.name, total)
+        await parts.applier.apply([], states, checkpoint=None)
+        counter.inc(len(states))
+        meter.add(len(states))
+        await parts.sink.progress.snapshot_read(table.name, meter.done)
+    meter.finish()
+
+
+async def _read_ahead(
+    conn: AsyncConnection[tuple[str | None, ...]], table: SourceTable, batch_rows: int
+) -> AsyncIterator[list[RowState]]:
+    """The table's rows as row states, read by a task that stays `READ_AHEAD` batches ahead."""
+    queue: asyncio.Queue[list[RowState] | None] = asyncio.Queue(READ_AHEAD)
+
+    async def produce() -> None:
+        async for rows in stream_table(conn, table, batch_rows):
+            await queue.put([row_state(table, row) for row in rows])
+        await queue.put(None)
+
+    reader = asyncio.create_task(produce(), name=f"snapshot-read-{table.name}")
+    try:
+        while (batch := await queue.get()) is not None:
+            yield batch
+        await reader  # surfaces a read error
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+class _Meter:
+    """Rows done against the estimate, logged now and then with the rate and time left."""
+
+    def __init__(self, table: str, estimate: int) -> None:
+        self.table = table
+        self.estimate = estimate
+        self.done = 0
+        self.started = time.monotonic()
+        self.logged = self.started
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self.logged >= PROGRESS_LOG_INTERVAL:
+            self.logged = now
+            rate = self.done / max(now - self.started, 1e-9)
+            left = max(self.estimate - self.done, 0) / rate if rate else 0.0
+            log.info(
+                "snapshot of %s: %d of ~%d rows (%.0f rows/s, ~%.0fs left)",
+                self.table,
+                self.done,
+                self.estimate,
+                rate,
+                left,
+            )
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        log.info(
+            "snapshot of %s: %d rows in %.1fs (%.0f rows/s)",
+            self.table,
+            self.done,
+            elapsed,
+            self.done / max(elapsed, 1e-9),
+        )

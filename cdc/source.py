@@ -196,3 +196,19 @@ def current_state(table: SourceTable, key: Sequence[str], values: Sequence[str |
         metadata=dict(zip(table.config.metadata, values[content_end:], strict=True)),
         lsn=None,
     )
+
+
+async def estimate_rows(conn: AsyncConnection[tuple[str | None, ...]], table: SourceTable) -> int:
+    """The planner's row estimate for `table`; an exact count when it was never analyzed."""
+    name = table.identifier.as_string(conn)
+    row = await (
+        await conn.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (name,)
+        )
+    ).fetchone()
+    if row is not None and row[0] is not None and int(row[0]) >= 0:
+        return int(row[0])
+    counted = await (
+        await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.identifier))
+    ).fetchone()
+    return int(counted[0]) if counted and counted[0] is not None else 0

@@ -40,6 +40,8 @@ def protocol_options(server_version: int, publication: str) -> tuple[str, ...]:
     options = [f"proto_version '{version}'", f"publication_names '{_quote(publication)}'"]
     if streaming:
         options.append(f"streaming '{streaming}'")
+        # Logical messages carry the watermarks of per-table resyncs (PostgreSQL 14+).
+        options.append("messages 'true'")
     return tuple(options)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cdc.changes import (
+    MARK_PREFIX,
     Change,
     TableShape,
     TableTruncate,
@@ -27,6 +28,7 @@ from cdc.pgoutput import (
     Commit,
     Delete,
     Insert,
+    LogicalMessage,
     Message,
     Relation,
     StreamAbort,
@@ -45,6 +47,7 @@ class _Open:
     # For streamed transactions: the (sub)transaction xid of each change, so a rolled-back
     # savepoint's changes can be dropped.
     subxids: list[int | None] = field(default_factory=list)
+    marks: list[bytes] = field(default_factory=list)
 
 
 class TransactionAssembler:
@@ -86,6 +89,8 @@ class TransactionAssembler:
             return self._commit_streamed(message)
         elif isinstance(message, StreamAbort):
             self._abort_streamed(message)
+        elif isinstance(message, LogicalMessage) and message.prefix == MARK_PREFIX:
+            self._add_mark(message)
         # Origin, Type, logical messages and two-phase messages carry nothing to embed.
         return None
 
@@ -109,6 +114,11 @@ class TransactionAssembler:
         target.changes += changes
         if stream is not None:
             target.subxids += [message.xid] * len(changes)
+
+    def _add_mark(self, message: LogicalMessage) -> None:
+        target = self._current_stream or self._plain
+        if target is not None and message.transactional:
+            target.marks.append(message.content)
 
     def _truncates(self, message: Truncate) -> list[Change]:
         return [
@@ -157,7 +167,7 @@ def _committed(opened: _Open, commit_lsn: int, end_lsn: int, commit_time: int) -
     for change in opened.changes:
         change.commit_lsn = commit_lsn
         change.commit_time = commit_time
-    return Transaction(opened.xid, commit_lsn, end_lsn, commit_time, opened.changes)
+    return Transaction(opened.xid, commit_lsn, end_lsn, commit_time, opened.changes, opened.marks)
 
 
 def _row_changes(shape: TableShape, message: Insert | Update | Delete) -> list[Change]:

@@ -10,6 +10,7 @@ def test_protocol_4_with_streaming_on_postgresql_16_and_later() -> None:
         "proto_version '4'",
         "publication_names 'wal2vec'",
         "streaming 'on'",
+        "messages 'true'",
     )
 
 
