@@ -131,10 +131,13 @@ class Streamer:
             else:
                 frames = stream.read_frames()
                 self._on_frames(frames)
+                # Published before waiting, so what was just read shows in /metrics at once.
+                self._heartbeat()
                 if len(frames) < MAX_FRAMES_PER_READ:
                     await stream.wait_readable(min(STATUS_INTERVAL, 1.0))
                 else:
                     await asyncio.sleep(0)
+                continue
             self._heartbeat()
         self._added.set()
 

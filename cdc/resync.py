@@ -243,8 +243,10 @@ async def read_after(
     conn: Conn, table: SourceTable, last_key: Sequence[str] | None, limit: int
 ) -> list[tuple[str | None, ...]]:
     """Up to `limit` rows of `table` after `last_key`, in key order (key, content, metadata)."""
-    keys = sql.SQL(", ").join(sql.Identifier(k) for k in table.key_names)
-    query = sql.SQL("SELECT {} FROM {}").format(table.select_list(), table.identifier)
+    # Qualified, so ORDER BY and WHERE mean the key columns, not the text output columns of
+    # the same names.
+    keys = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in table.key_names)
+    query = sql.SQL("SELECT {} FROM {} AS t").format(table.select_list(), table.identifier)
     params: list[Any] = []
     if last_key is not None:
         bounds = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in table.key_types)

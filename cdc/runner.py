@@ -27,7 +27,7 @@ from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
 from cdc.monitor import observing
 from cdc.pipeline import Session, Streamer
-from cdc.provision import connect, ensure, ensure_indexes
+from cdc.provision import check_sink_shape, connect, ensure, ensure_indexes
 from cdc.resync import ResyncRequested
 from cdc.sink import Sink, SinkState
 from cdc.slots import SlotInfo, check_slot_usable, slot_info
@@ -131,11 +131,13 @@ async def open_parts(
     stack.push_async_callback(source.close)
     sink_conn = await connect(settings.sink_dsn, "sink")
     stack.push_async_callback(sink_conn.close)
-    tables = await ensure(settings, source, sink_conn, indexes=False, check_shape=check_model)
+    tables = await ensure(settings, source, sink_conn, indexes=False, check_shape=False)
     sink = await Sink.connect(sink_conn, settings)
     state = await sink.load_state()
     if check_model:
+        # The model first: when it changed, that is the news, not the dimensions with it.
         _check_model(settings, state)
+        await check_sink_shape(settings, sink_conn)
     if state.snapshot_done:
         await ensure_indexes(settings, sink_conn)
     provider = make_provider(settings)

@@ -169,8 +169,9 @@ async def stream_table(
 
     Runs inside the caller's transaction, so it sees the caller's snapshot.
     """
-    order = sql.SQL(", ").join(sql.Identifier(k) for k in table.key_names)
-    query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+    # Qualified: an unqualified name would sort by the text output column of the same name.
+    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in table.key_names)
+    query = sql.SQL("SELECT {} FROM {} AS t ORDER BY {}").format(
         table.select_list(), table.identifier, order
     )
     async with conn.cursor(name=f"wal2vec_snapshot_{abs(hash(table.name))}") as cursor:
