@@ -260,7 +260,7 @@ async def read_after(
 
 def to_read_row(table: SourceTable, row: Sequence[str | None]) -> ReadRow:
     width = len(table.key_names)
-    content_end = width + len(table.config.columns)
+    content_end = width + len(table.config.content_columns)
     key = tuple(str(value) for value in row[:width])
     return ReadRow(
         source_id=render_source_id(key),
