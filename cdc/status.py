@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from cdc.config import Settings
@@ -23,6 +24,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         state = await sink.load_state()
         vectors = await _vector_counts(sink_conn, settings)
         dead = await sink.dead_letter_count()
+        progress = await _progress(sink)
     finally:
         await source.close()
         await sink_conn.close()
@@ -48,9 +50,18 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "dimensions": state.dimensions,
         "vectors": vectors,
         "dead_letters": dead,
+        "snapshots": progress,
         "problems": problems,
         "healthy": not problems,
     }
+
+
+async def _progress(sink: Sink) -> list[dict[str, Any]]:
+    """Each table's last snapshot or resync and how far it got (none before `cdc run`)."""
+    try:
+        return [p.as_dict() for p in await sink.progress.all()]
+    except psycopg.errors.UndefinedTable:
+        return []
 
 
 async def _vector_counts(conn: Any, settings: Settings) -> dict[str, int]:
@@ -79,6 +90,18 @@ def _slot_words(report: dict[str, Any]) -> str:
     return f"({activity}, wal_status {report['wal_status']})"
 
 
+def _progress_words(p: dict[str, Any]) -> str:
+    estimate = p["rows_estimated"]
+    share = (
+        f" ({100 * p['rows_done'] / estimate:.0f}%)" if estimate and p["status"] != "done" else ""
+    )
+    where = f", {p['phase']}" if p["status"] == "running" and p["kind"] == "resync" else ""
+    return (
+        f"  {p['table']:<30} {p['kind']} {p['status']}{where}: "
+        f"{p['rows_done']} / {estimate if estimate is not None else '?'}{share}"
+    )
+
+
 def render_status(report: dict[str, Any]) -> str:
     lines = [
         f"slot            {report['slot']} " + _slot_words(report),
@@ -93,6 +116,9 @@ def render_status(report: dict[str, Any]) -> str:
         "vectors (rows with vectors, per table):",
     ]
     lines += [f"  {table:<30} {count}" for table, count in report["vectors"].items()]
+    if report["snapshots"]:
+        lines.append("snapshots and resyncs (rows read / estimated):")
+        lines += [_progress_words(p) for p in report["snapshots"]]
     lines += [f"PROBLEM: {problem}" for problem in report["problems"]]
     return "\n".join(lines)
 

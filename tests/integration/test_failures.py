@@ -180,6 +180,9 @@ def test_status_reports_slot_lag_and_vectors(deployment: Deployment, running: Cd
     assert report["vectors"] == {"public.articles": 2}
     assert report["snapshot_done"] and report["checkpoint_lsn"]
     assert report["lag_bytes"] is not None and report["dead_letters"] == 0
+    [snapshot] = report["snapshots"]
+    assert snapshot["table"] == "public.articles"
+    assert (snapshot["kind"], snapshot["status"], snapshot["rows_done"]) == ("snapshot", "done", 0)
     text = deployment.cli("status")
     assert text.returncode == 0 and "public.articles" in text.stdout
 

@@ -209,6 +209,8 @@ def test_table_resync_killed_mid_way_resumes_where_its_work_landed(
     process.kill()
     mid = progress(deployment)
     assert mid is not None and mid["status"] == "running" and mid["rows_done"] < 120
+    status = deployment.cli("status")
+    assert f"resync running, rows: {mid['rows_done']} / 120" in status.stdout, status.stdout
     endpoint.latency = 0.0
     process = deployment.start()
     try:
