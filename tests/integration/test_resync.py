@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import CdcProcess, Deployment, assert_in_step, wait_until
+from tests.harness import CdcProcess, Deployment, Table, assert_in_step, wait_until
 
 ROWS = 60
 
@@ -393,6 +393,29 @@ def test_resync_can_be_killed_and_the_snapshot_started_again(
     endpoint.latency = 0.0
     process = deployment.start()
     try:
+        deployment.wait_caught_up()
+        assert_in_step(deployment)
+    finally:
+        assert process.stop() == 0, process.output
+
+
+def test_a_table_added_to_the_configuration_later_gets_its_existing_rows(
+    deployment: Deployment, endpoint: FakeOpenAIServer
+) -> None:
+    fill(deployment, 5)
+    embed_all(deployment)
+    deployment.execute("CREATE TABLE faqs (id int PRIMARY KEY, question text)")
+    deployment.execute("INSERT INTO faqs SELECT g, 'Question ' || g FROM generate_series(1, 12) g")
+    deployment.tables.append(Table("public.faqs", ["question"]))
+    process = deployment.start()
+    try:
+        wait_until(
+            lambda: (
+                len([r for r in deployment.sink_rows() if r["source_table"] == "public.faqs"]) == 12
+            ),
+            what="the added table's rows to be embedded",
+        )
+        deployment.execute("UPDATE faqs SET question = 'streamed too' WHERE id = 3")
         deployment.wait_caught_up()
         assert_in_step(deployment)
     finally:
