@@ -45,6 +45,10 @@ class Applier:
         self._max_chars = settings.embedding.max_chunk_chars
         self._known = KnownRows(settings.sink.known_rows)
 
+    def sibling(self, sink: Sink) -> Applier:
+        """An applier like this one writing through `sink` (another connection)."""
+        return Applier(self._settings, sink, self._provider, self._metrics)
+
     def forget_tables(self, tables: Sequence[str]) -> None:
         """Stop trusting what this process remembers the sink holds for `tables`."""
         self._known.forget_tables(tables)

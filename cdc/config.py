@@ -145,6 +145,9 @@ class BufferConfig(_Strict):
 class SnapshotConfig(_Strict):
     # Rows read and applied per step of the initial snapshot and of `cdc resync`.
     batch_rows: int = Field(2000, ge=1, le=100_000)
+    # Batches embedded and written at once by a snapshot, each on its own sink connection:
+    # pays when the embedding service, not this machine, is the bottleneck.
+    workers: int = Field(2, ge=1, le=32)
     # Rows per watermarked chunk of a per-table resync that runs beside the stream.
     chunk_rows: int = Field(1000, ge=1, le=100_000)
     # maintenance_work_mem for building an HNSW index after a bulk load.

@@ -125,6 +125,10 @@ class Sink:
     def target(self, source_table: str) -> sql.Identifier:
         return sql.Identifier(*self._targets[source_table])
 
+    async def sibling(self, conn: Conn) -> Sink:
+        """A sink like this one (same tables) on another connection."""
+        return await Sink.connect(conn, self._settings, dict(self._targets))
+
     def target_names(self, source_tables: Sequence[str]) -> list[tuple[str, str]]:
         """The (schema, table) each of `source_tables` writes to, each once."""
         return list(dict.fromkeys(self._targets[t] for t in source_tables))

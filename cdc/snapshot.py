@@ -7,7 +7,7 @@ snapshot interrupted and started again, or a full resync) costs no API call.
 
 A sink table that starts empty is loaded without its HNSW index, which is built once at the
 end (`cdc.indexes`). Reading the next batch from the source overlaps embedding and writing the
-current one.
+current ones, and `snapshot.workers` batches are embedded and written at once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import psycopg
@@ -28,6 +29,7 @@ from cdc.indexes import build_indexes, defer_indexes
 from cdc.lsn import Lsn
 from cdc.metrics import Metrics
 from cdc.plan import RowState
+from cdc.provision import connect
 from cdc.sink import SeenKeys, Sink
 from cdc.source import SourceTable, estimate_rows, row_state, stream_table
 from cdc.stream import ReplicationStream
@@ -66,8 +68,10 @@ async def take_snapshot(
     deferred = await defer_indexes(sink.connection, sink.target_names([t.name for t in tables]))
     seen = SeenKeys(sink)
     await seen.start()
-    conn = await AsyncConnection.connect(settings.source.dsn)
-    try:
+    async with AsyncExitStack() as stack:
+        writers = await _writers(stack, parts)
+        conn = await AsyncConnection.connect(settings.source.dsn)
+        stack.push_async_callback(conn.close)
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         await conn.set_read_only(True)
         async with conn.transaction():
@@ -77,9 +81,9 @@ async def take_snapshot(
             estimates = {t.name: await estimate_rows(conn, t) for t in tables}
             await sink.progress.begin_snapshot(estimates)
             for table in tables:
-                await _snapshot_table(parts, conn, table, seen, estimates[table.name])
-    finally:
-        await conn.close()
+                await _snapshot_table(
+                    parts, conn, table, seen, estimates[table.name], writers=writers
+                )
     removed = await seen.remove_unseen([t.name for t in tables])
     if removed:
         log.info("snapshot removed %d sink rows whose source rows are gone", removed)
@@ -96,18 +100,59 @@ async def _snapshot_table(
     table: SourceTable,
     seen: SeenKeys,
     estimate: int,
+    *,
+    writers: Sequence[Applier],
 ) -> None:
+    """Read `table` and hand each batch to an idle writer; up to len(writers) are embedded and
+    written at once (the rows come from one snapshot, so their order does not matter)."""
     meter = _Meter(table.name, estimate)
     counter = parts.metrics.snapshot_rows.labels(table=table.name)
-    async for states in _read_ahead(conn, table, parts.settings.snapshot.batch_rows):
-        if parts.stop.is_set():
-            raise SnapshotInterrupted(f"stopped during the snapshot of {table.name}")
-        await seen.add([state.key for state in states])
-        await parts.applier.apply([], states, checkpoint=None)
-        counter.inc(len(states))
-        meter.add(len(states))
-        await parts.sink.progress.snapshot_read(table.name, meter.done)
+    idle = list(writers)
+    busy: set[asyncio.Task[tuple[Applier, int]]] = set()
+
+    async def settle(until_idle: bool) -> None:
+        nonlocal busy
+        while busy and (until_idle or not idle):
+            done, busy = await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                applier, rows = task.result()
+                idle.append(applier)
+                counter.inc(rows)
+                meter.add(rows)
+            await parts.sink.progress.snapshot_read(table.name, meter.done)
+
+    try:
+        async for states in _read_ahead(conn, table, parts.settings.snapshot.batch_rows):
+            if parts.stop.is_set():
+                raise SnapshotInterrupted(f"stopped during the snapshot of {table.name}")
+            await seen.add([state.key for state in states])
+            await settle(until_idle=False)
+            busy.add(asyncio.create_task(_write(idle.pop(), states)))
+        await settle(until_idle=True)
+    finally:
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
     meter.finish()
+
+
+async def _write(applier: Applier, states: list[RowState]) -> tuple[Applier, int]:
+    await applier.apply([], states, checkpoint=None)
+    return applier, len(states)
+
+
+async def _writers(stack: AsyncExitStack, parts: SnapshotParts) -> list[Applier]:
+    """One applier per concurrent writer, each on its own sink connection (a transaction
+    cannot be shared); a single writer is the session's own."""
+    count = parts.settings.snapshot.workers
+    if count <= 1:
+        return [parts.applier]
+    writers = []
+    for _ in range(count):
+        conn = await connect(parts.settings.sink_dsn, "sink")
+        stack.push_async_callback(conn.close)
+        writers.append(parts.applier.sibling(await parts.sink.sibling(conn)))
+    return writers
 
 
 async def _read_ahead(
