@@ -160,13 +160,15 @@ async def _reset_state(settings: Settings) -> None:
     sink = await connect(settings.sink_dsn, "sink")
     try:
         names = SinkNames.of(settings)
-        exists = await (
-            await sink.execute("SELECT to_regclass(%s)", (names.state.as_string(sink),))
-        ).fetchone()
-        if exists and exists[0] is not None:
-            await sink.execute(
-                sql.SQL("DELETE FROM {} WHERE slot = %s").format(names.state),
-                (settings.source.slot,),
-            )
+        # The slot's state and its snapshot records: the next start begins afresh.
+        for table in (names.state, names.snapshots):
+            exists = await (
+                await sink.execute("SELECT to_regclass(%s)", (table.as_string(sink),))
+            ).fetchone()
+            if exists and exists[0] is not None:
+                await sink.execute(
+                    sql.SQL("DELETE FROM {} WHERE slot = %s").format(table),
+                    (settings.source.slot,),
+                )
     finally:
         await sink.close()

@@ -95,6 +95,10 @@ def test_teardown_refuses_a_running_slot_then_drops_it_and_keeps_the_vectors(
         assert conn.execute(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (deployment.slot,)
         ).fetchone() == (0,)
+        for table in ("cdc_state", "cdc_snapshots"):
+            assert conn.execute(
+                f"SELECT count(*) FROM {table} WHERE slot = %s", (deployment.slot,)
+            ).fetchone() == (0,), f"{table} still remembers the slot"
     assert len(deployment.sink_rows()) == 1
     status = deployment.cli("status")
     assert status.returncode == 1 and "does not exist" in status.stdout
