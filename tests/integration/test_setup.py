@@ -36,6 +36,10 @@ def test_halfvec_sink(deployment: Deployment) -> None:
     try:
         deployment.wait_ready()
         deployment.execute("INSERT INTO articles (id, title) VALUES (1, 'half precision')")
+        # Enough rows in one transaction for the staged (binary COPY) write path.
+        deployment.execute(
+            "INSERT INTO articles (id, title) SELECT g, 'half ' || g FROM generate_series(2, 201) g"
+        )
         deployment.wait_caught_up()
         with deployment.connect() as conn:
             kind = conn.execute(
@@ -43,7 +47,7 @@ def test_halfvec_sink(deployment: Deployment) -> None:
                 "WHERE attrelid = 'cdc_embeddings'::regclass AND attname = 'embedding'"
             ).fetchone()
         assert kind == ("halfvec(32)",)
-        assert len(deployment.sink_rows()) == 1
+        assert len(deployment.sink_rows()) == 201
     finally:
         assert process.stop() == 0, process.output
 
