@@ -192,6 +192,7 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"resyncing {', '.join(tables)} (streaming meanwhile; stops when done)")
     await run(settings, provider, metrics, Health(), stop, exit_when_resynced=True)
+    print("resync complete")
     return EXIT_OK
 
 

@@ -237,6 +237,7 @@ def test_table_resync_with_no_streamer_runs_one_and_stops(
     endpoint.reset()
     result = deployment.cli("resync", "--table", "public.articles")
     assert result.returncode == 0, result.stderr
+    assert "resync complete" in result.stdout
     assert endpoint.inputs == ["Title 9\n\nBody of article 9"]
     assert_in_step(deployment)
     result = deployment.cli("resync", "--table", "public.nope")
