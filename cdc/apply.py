@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdc.config import Settings
+from cdc.content import chunk_rules, tokenizer_for
 from cdc.embed import EmbeddingProvider
 from cdc.known import KnownRows, fingerprint
 from cdc.metrics import Metrics
@@ -42,7 +43,8 @@ class Applier:
         self._provider = provider
         self._metrics = metrics
         self._model = settings.embedding.model
-        self._max_chars = settings.embedding.max_chunk_chars
+        self._tokenizer = tokenizer_for(settings)
+        self._rules = chunk_rules(settings, self._tokenizer)
         self._known = KnownRows(settings.sink.known_rows)
 
     def sibling(self, sink: Sink) -> Applier:
@@ -71,7 +73,7 @@ class Applier:
             rows = [row for row in rows if row.key not in known_keys]
         live = [row for row in rows if not row.deleted]
         stored = await self._sink.stored_chunks(live) if live else {}
-        plan = plan_writes(rows, stored, self._model, self._max_chars)
+        plan = plan_writes(rows, stored, self._model, self._rules)
         write = SinkWrite(
             truncated=list(truncated),
             remove=list(plan.remove),
@@ -98,7 +100,8 @@ class Applier:
         if not works:
             return
         self._metrics.embedding_batch_size.observe(len(works))
-        result = await self._provider.embed([work.chunk.text for work in works])
+        texts = [work.chunk.text for work in works]
+        result = await self._provider.embed(texts, self._token_counts(works))
         self._metrics.embedding_tokens.inc(result.tokens)
         rejected = {works[index].row.key: error for index, error in result.errors.items()}
         for index, work in enumerate(works):
@@ -109,6 +112,17 @@ class Applier:
         write.landed = list(dict.fromkeys(w.row.key for w, _ in write.upserts))
         if rejected:
             self._reject(works, rejected, write)
+
+    def _token_counts(self, works: list[ChunkWork]) -> list[int]:
+        """Each chunk's tokens: counted by chunking where it had to, the rest counted here,
+        all at once, so no text is tokenized twice."""
+        uncounted = [i for i, work in enumerate(works) if work.chunk.tokens is None]
+        counts = [work.chunk.tokens or 0 for work in works]
+        if uncounted:
+            fresh = self._tokenizer.count([works[i].chunk.text for i in uncounted])
+            for index, count in zip(uncounted, fresh, strict=True):
+                counts[index] = count
+        return counts
 
     def _reject(
         self, works: list[ChunkWork], rejected: dict[tuple[str, str], str], write: SinkWrite

@@ -18,6 +18,7 @@ from prometheus_client import disable_created_metrics
 
 from cdc import __version__
 from cdc.config import Settings, load_config
+from cdc.content import tokenizer_for
 from cdc.embed import EmbeddingProvider, OpenAIProvider, RetryPolicy
 from cdc.errors import CdcError, ConfigError
 from cdc.logs import configure_logging
@@ -146,6 +147,7 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
         timeout=embedding.timeout,
         retry=RetryPolicy(max_attempts=embedding.max_attempts),
         on_request=metrics.record_request if metrics else None,
+        tokenizer=tokenizer_for(settings),
     )
 
 

@@ -74,10 +74,15 @@ class EmbeddingConfig(_Strict):
     batch_size: int = Field(2048, ge=1, le=2048)
     timeout: float = Field(60.0, gt=0)
     max_attempts: int = Field(8, ge=1)
-    # Characters per chunk: a stand-in for the token limit (8191 for OpenAI v3 models) that
-    # stays under it even for CJK text, about one token per character, until chunking counts
-    # tokens.
-    max_chunk_chars: int = Field(6000, ge=100)
+    # The most tokens the model takes in one input (8191 for OpenAI's embedding models);
+    # longer content is split into chunks of at most this many tokens.
+    max_input_tokens: int = Field(8191, ge=16)
+    # tiktoken encoding that counts tokens; default: the model's, else cl100k_base.
+    tokenizer: str | None = None
+    # Embedding requests in flight at once (the sink still writes batches in commit order).
+    concurrency: int = Field(4, ge=1, le=64)
+    # Optional budget shared by all requests, for accounts with a low tokens-per-minute limit.
+    tokens_per_minute: int | None = Field(None, ge=1)
 
 
 class TableConfig(_Strict):
@@ -87,6 +92,10 @@ class TableConfig(_Strict):
     template: str | None = None
     metadata: list[str] = []
     target: str | None = None
+    # Chunk size in tokens (default: embedding.max_input_tokens) and tokens shared by
+    # consecutive chunks, so a sentence cut at a boundary is still whole in one of them.
+    chunk_tokens: int | None = Field(None, ge=16)
+    chunk_overlap: int = Field(0, ge=0)
     _content: ContentRule = PrivateAttr()
 
     @model_validator(mode="after")
@@ -317,6 +326,22 @@ def _check_consistency(settings: Settings) -> None:
         seen.add(table.table)
         if len(set(table.columns)) != len(table.columns):  # a template may repeat a column
             raise ConfigError(f"tables.{index}.columns: a column is listed twice")
+        _check_chunking(settings.embedding, table, index)
+
+
+def _check_chunking(embedding: EmbeddingConfig, table: TableConfig, index: int) -> None:
+    size = table.chunk_tokens or embedding.max_input_tokens
+    if size > embedding.max_input_tokens:
+        raise ConfigError(
+            f"tables.{index}.chunk_tokens is {size}, but the model takes at most "
+            f"embedding.max_input_tokens = {embedding.max_input_tokens} tokens per input: "
+            "lower chunk_tokens"
+        )
+    if table.chunk_overlap > size // 2:
+        raise ConfigError(
+            f"tables.{index}.chunk_overlap is {table.chunk_overlap} tokens, more than half of "
+            f"the chunk size ({size}): lower it (chunks would mostly repeat each other)"
+        )
 
 
 def redact_dsn(dsn: str) -> str:

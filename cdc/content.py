@@ -1,6 +1,7 @@
 """The content rule: which text a row is embedded from, how it is hashed, split and identified.
 
-Pure functions; interface.md is the contract they implement.
+Pure functions; interface.md is the contract they implement. Splitting counts tokens with the
+model's tokenizer (`cdc.tokens`): content over a table's chunk size becomes token windows.
 """
 
 from __future__ import annotations
@@ -8,8 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from string import Formatter
+from typing import TYPE_CHECKING
+
+from cdc.tokens import Tokenizer
+
+if TYPE_CHECKING:
+    # Only for annotations: cdc.config itself imports this module.
+    from cdc.config import Settings
 
 SEPARATOR = "\n\n"
 
@@ -21,6 +29,8 @@ class Chunk:
     number: int
     text: str
     hash: str
+    # The model's token count for `text`, when chunking had to count (None: not counted yet).
+    tokens: int | None = field(default=None, compare=False)
 
 
 def render_content(values: Iterable[str | None]) -> str:
@@ -112,34 +122,37 @@ def render_source_id(key_values: Sequence[str]) -> str:
     return json.dumps(list(key_values), ensure_ascii=False)
 
 
-def split_content(text: str, max_chars: int) -> list[str]:
-    """Split text longer than `max_chars` at the last paragraph, line or word break that fits.
+@dataclass(frozen=True, slots=True)
+class ChunkRule:
+    """How one table's content is cut: windows of `size` tokens sharing `overlap` tokens."""
 
-    Text that fits is one chunk. An empty text has no chunks.
-    """
-    chunks: list[str] = []
-    rest = text
-    while len(rest) > max_chars:
-        cut = _break_before(rest, max_chars)
-        chunks.append(rest[:cut])
-        rest = rest[cut:]
-    if rest:
-        chunks.append(rest)
-    return chunks
+    tokenizer: Tokenizer
+    size: int
+    overlap: int = 0
 
 
-def _break_before(text: str, limit: int) -> int:
-    # Prefer the largest natural boundary in the second half of the window, so chunks stay
-    # reasonably full; fall back to a hard cut.
-    for separator in (SEPARATOR, "\n", " "):
-        position = text.rfind(separator, limit // 2, limit)
-        if position > 0:
-            return position + len(separator)
-    return limit
+def tokenizer_for(settings: Settings) -> Tokenizer:
+    """The tokenizer of the configured model (or of `embedding.tokenizer`)."""
+    return Tokenizer.for_model(settings.embedding.model, settings.embedding.tokenizer)
 
 
-def make_chunks(text: str, max_chars: int) -> list[Chunk]:
+def chunk_rules(settings: Settings, tokenizer: Tokenizer | None = None) -> dict[str, ChunkRule]:
+    """Each configured source table's rule; the tokenizer is the embedding model's."""
+    embedding = settings.embedding
+    tokenizer = tokenizer or tokenizer_for(settings)
+    return {
+        table.table: ChunkRule(
+            tokenizer,
+            size=table.chunk_tokens or embedding.max_input_tokens,
+            overlap=table.chunk_overlap,
+        )
+        for table in settings.tables
+    }
+
+
+def make_chunks(text: str, rule: ChunkRule) -> list[Chunk]:
+    """The row's chunks: the whole text when it fits in `rule.size` tokens, else token windows."""
     return [
-        Chunk(number, piece, content_hash(piece))
-        for number, piece in enumerate(split_content(text, max_chars))
+        Chunk(number, piece.text, content_hash(piece.text), piece.tokens)
+        for number, piece in enumerate(rule.tokenizer.split(text, rule.size, rule.overlap))
     ]

@@ -4,7 +4,7 @@
 OpenAI-compatible `/embeddings` endpoint (OpenAI, Azure, vLLM, TEI, Ollama...) through the official
 `openai` client with its own retries turned off: we run our own loop so every HTTP attempt reaches
 the metrics callback and the backoff is exactly `RetryPolicy`'s. Inputs are cut into requests
-within the API's limits on inputs and (estimated) tokens per request.
+within the API's limits on inputs and tokens per request, counted with the model's tokenizer.
 
 What can go wrong, and what the caller sees:
 
@@ -39,6 +39,7 @@ import numpy.typing as npt
 import openai
 
 from cdc.errors import ConfigError, EmbeddingUnavailable
+from cdc.tokens import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,12 @@ class EmbeddingProvider(Protocol):
     model: str
     dimensions: int
 
-    async def embed(self, texts: Sequence[str]) -> EmbeddingResult: ...
+    async def embed(
+        self, texts: Sequence[str], token_counts: Sequence[int] | None = None
+    ) -> EmbeddingResult:
+        """Vectors for `texts`; `token_counts`, when the caller already counted them, saves
+        the provider counting again (providers without token limits ignore it)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -144,30 +150,20 @@ def _parse_float(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def estimate_tokens(text: str) -> int:
-    """A generous token count for `text` without a tokenizer: ceil(UTF-8 bytes / 2).
+def plan_requests(token_counts: Sequence[int], max_inputs: int, max_tokens: int) -> list[range]:
+    """Cut inputs (given by their token counts) into consecutive requests within both limits.
 
-    OpenAI's tokenizers average about 4 bytes a token on prose, so this over-counts twice over;
-    it only decides where requests are cut, and the usage the service reports is what counts.
-    """
-    return max(1, -(-len(text.encode("utf-8")) // 2))
-
-
-def plan_requests(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list[range]:
-    """Cut texts into consecutive requests within both limits (by `estimate_tokens`).
-
-    A single text over `max_tokens` still gets a request of its own: the service decides.
+    A single input over `max_tokens` still gets a request of its own: the service decides.
     """
     spans: list[range] = []
     start, tokens = 0, 0
-    for index, text in enumerate(texts):
-        cost = estimate_tokens(text)
+    for index, cost in enumerate(token_counts):
         if index > start and (index - start >= max_inputs or tokens + cost > max_tokens):
             spans.append(range(start, index))
             start, tokens = index, 0
         tokens += cost
-    if start < len(texts):
-        spans.append(range(start, len(texts)))
+    if start < len(token_counts):
+        spans.append(range(start, len(token_counts)))
     return spans
 
 
@@ -214,6 +210,7 @@ class OpenAIProvider:
         retry: RetryPolicy = RetryPolicy(),
         send_dimensions: bool | None = None,
         on_request: Callable[[str, float], None] | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         if not 1 <= max_batch_inputs <= MAX_BATCH_INPUTS:
             raise ConfigError(
@@ -228,6 +225,7 @@ class OpenAIProvider:
             raise ConfigError(f"embedding.dimensions must be positive, not {dimensions}")
         self.model = model
         self.dimensions = dimensions
+        self.tokenizer = tokenizer or Tokenizer.for_model(model)
         self._max_batch = max_batch_inputs
         self._max_tokens = max_batch_tokens
         self._retry = retry
@@ -253,10 +251,15 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+    async def embed(
+        self, texts: Sequence[str], token_counts: Sequence[int] | None = None
+    ) -> EmbeddingResult:
         batch = list(texts)
+        counts = list(token_counts) if token_counts is not None else self.tokenizer.count(batch)
+        if len(counts) != len(batch):
+            raise ValueError(f"{len(counts)} token counts for {len(batch)} texts")
         tally = _Tally(vectors=[None] * len(batch))
-        for span in plan_requests(batch, self._max_batch, self._max_tokens):
+        for span in plan_requests(counts, self._max_batch, self._max_tokens):
             await self._embed_range(batch, span.start, span.stop, tally, known_bad=False)
         return EmbeddingResult(
             vectors=tally.vectors, errors=tally.errors, tokens=tally.tokens, requests=tally.requests

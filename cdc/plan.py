@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc.content import Chunk, make_chunks
+from cdc.content import Chunk, ChunkRule, make_chunks
 
 SourceKey = tuple[str, str]  # (source_table, source_id)
 Metadata = dict[str, Any]
@@ -64,8 +64,9 @@ def plan_writes(
     rows: Iterable[RowState],
     stored: Mapping[SourceKey, Mapping[int, StoredChunk]],
     model: str,
-    max_chunk_chars: int,
+    rules: Mapping[str, ChunkRule],
 ) -> WritePlan:
+    """What to do for each row; `rules` holds each source table's chunking rule."""
     plan = WritePlan()
     for row in rows:
         existing = stored.get(row.key, {})
@@ -75,7 +76,7 @@ def plan_writes(
             if existing or row.deleted:
                 plan.remove.append(row)
             continue
-        _plan_row(plan, row, make_chunks(row.content, max_chunk_chars), existing, model)
+        _plan_row(plan, row, make_chunks(row.content, rules[row.source_table]), existing, model)
     return plan
 
 

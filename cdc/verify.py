@@ -25,7 +25,7 @@ from psycopg import AsyncConnection, sql
 
 from cdc.apply import Applier
 from cdc.config import Settings, TableConfig
-from cdc.content import make_chunks, render_source_id
+from cdc.content import ChunkRule, chunk_rules, make_chunks, render_source_id
 from cdc.embed import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError
 from cdc.metrics import Metrics
@@ -82,14 +82,15 @@ def classify(
     *,
     dead_lettered: bool,
     model: str,
-    max_chunk_chars: int,
+    rule: ChunkRule,
 ) -> Verdict:
     """Compare a live row's expected chunks with the chunks the sink holds for it.
 
     Chunk numbers first (a missing or surplus chunk), then content hashes, then the model: a
     row wrong in several ways is reported once, by the first.
     """
-    expected = make_chunks(row.content, max_chunk_chars)
+    # The streamer's own chunking rule: verify expects exactly the chunks it writes.
+    expected = make_chunks(row.content, rule)
     if not held:
         if not expected:
             return Verdict.OK
@@ -108,7 +109,7 @@ def classify_batch(
     held: Mapping[str, Mapping[int, HeldChunk]],
     dead_lettered: Set[str],
     model: str,
-    max_chunk_chars: int,
+    rule: ChunkRule,
 ) -> list[tuple[RowState, Verdict]]:
     """`classify` for each row; `held` and `dead_lettered` are keyed by source_id."""
     return [
@@ -119,7 +120,7 @@ def classify_batch(
                 held.get(row.source_id, {}),
                 dead_lettered=row.source_id in dead_lettered,
                 model=model,
-                max_chunk_chars=max_chunk_chars,
+                rule=rule,
             ),
         )
         for row in rows
@@ -391,15 +392,14 @@ class Checker:
 
     async def _rows(self, table: SourceTable, report: TableReport) -> None:
         embedding = self.settings.embedding
+        rules = chunk_rules(self.settings)
         any_dead = await self.sink.dead_letter_count() > 0
         async for rows in stream_table(self.source, table, BATCH_ROWS):
             states = [row_state(table, row) for row in rows]
             ids = [state.source_id for state in states]
             held = group_held(await self.sink.held_chunks(table.name, ids))
             dead = await self.sink.dead_lettered(table.name, ids) if any_dead else set()
-            verdicts = classify_batch(
-                states, held, dead, embedding.model, embedding.max_chunk_chars
-            )
+            verdicts = classify_batch(states, held, dead, embedding.model, rules[table.name])
             for state, verdict in verdicts:
                 report.record(verdict, state.source_id)
             report.checked += len(states)

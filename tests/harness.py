@@ -24,7 +24,8 @@ import numpy as np
 import psycopg
 import yaml
 
-from cdc.content import ContentRule, content_hash, render_source_id, split_content
+from cdc.config import load_config
+from cdc.content import ContentRule, chunk_rules, content_hash, make_chunks, render_source_id
 from tests.fakes.openai_server import embed_vector
 
 DIMENSIONS = 32
@@ -268,10 +269,10 @@ class CdcProcess:
         assert code is None, f"cdc run exited with {code}:\n{self.output}"
 
 
-def expected_vectors(
-    deployment: Deployment, max_chunk_chars: int = 6000
-) -> dict[tuple[str, str, int], str]:
-    """What the sink must hold: (table, id, chunk) -> content, computed from the source."""
+def expected_vectors(deployment: Deployment) -> dict[tuple[str, str, int], str]:
+    """What the sink must hold: (table, id, chunk) -> content, computed from the source with
+    the deployment's own chunking rules."""
+    rules = chunk_rules(load_config(deployment.write_config(), environ={}))
     expected: dict[tuple[str, str, int], str] = {}
     dead = {(d["source_table"], d["source_id"]) for d in deployment.dead_letters()}
     with deployment.connect() as conn:
@@ -286,8 +287,8 @@ def expected_vectors(
                 content = rule.render(row[len(keys) :])
                 if (table.table, source_id) in dead:
                     continue
-                for number, piece in enumerate(split_content(content, max_chunk_chars)):
-                    expected[(table.table, source_id, number)] = piece
+                for chunk in make_chunks(content, rules[table.table]):
+                    expected[(table.table, source_id, chunk.number)] = chunk.text
     return expected
 
 

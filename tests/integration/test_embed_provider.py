@@ -26,11 +26,10 @@ from cdc.embed import (
     OpenAIProvider,
     RetryPolicy,
     decode_embedding,
-    estimate_tokens,
     plan_requests,
 )
 from cdc.errors import ConfigError, EmbeddingUnavailable
-from tests.fakes.openai_server import FakeOpenAIServer, embed_text
+from tests.fakes.openai_server import FakeOpenAIServer, count_tokens, embed_text
 
 DIMS = 16
 API_KEY = "sk-test-DO-NOT-LEAK-1234567890"
@@ -129,7 +128,7 @@ def test_base64_answers_decode_to_exactly_the_servers_vectors(server: FakeOpenAI
         assert vector.dtype == np.float32
         assert vector.shape == (DIMS,)
     assert_vectors(result, texts)
-    assert result.tokens == sum(estimate_tokens(text) for text in texts)
+    assert result.tokens == sum(count_tokens(texts))
 
 
 def test_vectors_follow_the_answers_index_not_its_order(server: FakeOpenAIServer) -> None:
@@ -189,15 +188,15 @@ def test_fake_vectors_put_texts_sharing_words_closer() -> None:
 
 
 def test_plan_requests_respects_both_limits() -> None:
-    texts = ["x" * 20] * 5  # 10 estimated tokens each
-    assert plan_requests(texts, max_inputs=2, max_tokens=1000) == [
+    counts = [10] * 5
+    assert plan_requests(counts, max_inputs=2, max_tokens=1000) == [
         range(0, 2),
         range(2, 4),
         range(4, 5),
     ]
-    assert plan_requests(texts, max_inputs=100, max_tokens=30) == [range(0, 3), range(3, 5)]
+    assert plan_requests(counts, max_inputs=100, max_tokens=30) == [range(0, 3), range(3, 5)]
     # A text over the token limit alone still goes, by itself.
-    assert plan_requests(["x" * 100, "y"], max_inputs=100, max_tokens=30) == [
+    assert plan_requests([50, 1], max_inputs=100, max_tokens=30) == [
         range(0, 1),
         range(1, 2),
     ]
@@ -205,7 +204,8 @@ def test_plan_requests_respects_both_limits() -> None:
 
 def test_requests_stay_under_the_token_limit(server: FakeOpenAIServer) -> None:
     server.max_tokens = 50
-    texts = [f"{i:02d} " + "word " * 5 for i in range(10)]  # 15 estimated tokens each
+    texts = [f"{i:02d} " + "word " * 12 for i in range(10)]
+    assert set(count_tokens(texts)) == {14}  # three texts fit in 50 tokens, not four
     result = embed(make_provider(server.url, max_batch_tokens=50), texts)
 
     assert server.violations == []

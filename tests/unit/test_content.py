@@ -7,13 +7,16 @@ import hashlib
 import pytest
 
 from cdc.content import (
+    ChunkRule,
     ContentRule,
     content_hash,
     make_chunks,
     render_content,
     render_source_id,
-    split_content,
 )
+from cdc.tokens import Tokenizer
+
+RULE = ChunkRule(Tokenizer.for_model("text-embedding-3-small"), size=100)
 
 
 def test_columns_join_with_a_blank_line_skipping_null_and_empty() -> None:
@@ -33,22 +36,20 @@ def test_source_id_single_and_composite() -> None:
 
 
 def test_short_content_is_one_chunk_numbered_zero() -> None:
-    [chunk] = make_chunks("short", 100)
+    [chunk] = make_chunks("short", RULE)
     assert (chunk.number, chunk.text, chunk.hash) == (0, "short", content_hash("short"))
-    assert make_chunks("", 100) == []
+    assert make_chunks("", RULE) == []
 
 
-def test_long_content_splits_at_boundaries_and_loses_nothing() -> None:
+def test_long_content_becomes_token_windows_each_hashed_by_its_own_text() -> None:
     text = "\n\n".join(f"paragraph {i} " + "word " * 30 for i in range(20))
-    pieces = split_content(text, 400)
-    assert len(pieces) > 1
-    assert "".join(pieces) == text
-    assert all(len(piece) <= 400 for piece in pieces)
-    assert all(piece.endswith(("\n\n", " ")) for piece in pieces[:-1])
-
-
-def test_text_without_boundaries_is_cut_hard() -> None:
-    assert split_content("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]
+    chunks = make_chunks(text, RULE)
+    assert len(chunks) > 1
+    assert [c.number for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.text for c in chunks) == text
+    for chunk in chunks:
+        assert chunk.hash == hashlib.sha256(chunk.text.encode()).hexdigest()
+        assert chunk.tokens == len(RULE.tokenizer.encoding.encode_ordinary(chunk.text)) <= 100
 
 
 def test_template_renders_columns_with_null_as_empty() -> None:
@@ -61,7 +62,7 @@ def test_template_renders_columns_with_null_as_empty() -> None:
 def test_template_whose_columns_are_all_null_or_empty_has_no_content() -> None:
     rule = ContentRule.from_template("Title: {title}\n\n{body}")
     assert rule.render([None, ""]) == ""
-    assert make_chunks(rule.render([None, None]), 100) == []
+    assert make_chunks(rule.render([None, None]), RULE) == []
 
 
 def test_columns_rule_is_the_blank_line_join() -> None:

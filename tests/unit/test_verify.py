@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from cdc.config import TableConfig
-from cdc.content import content_hash, make_chunks, render_source_id
+from cdc.content import ChunkRule, content_hash, make_chunks, render_source_id
 from cdc.plan import RowState
 from cdc.source import SourceTable, row_state
+from cdc.tokens import Tokenizer
 from cdc.verify import (
     EXAMPLES,
     HeldChunk,
@@ -23,7 +24,7 @@ from cdc.verify import (
 )
 
 MODEL = "m"
-MAX = 100
+RULE = ChunkRule(Tokenizer.for_model(MODEL), size=25)
 
 
 def state(source_id: str, content: str) -> RowState:
@@ -31,14 +32,14 @@ def state(source_id: str, content: str) -> RowState:
 
 
 def held_for(content: str, model: str = MODEL) -> dict[int, HeldChunk]:
-    return {c.number: HeldChunk(c.hash, model) for c in make_chunks(content, MAX)}
+    return {c.number: HeldChunk(c.hash, model) for c in make_chunks(content, RULE)}
 
 
 def verdict(row: RowState, held: dict[int, HeldChunk], dead: bool = False) -> Verdict:
-    return classify(row, held, dead_lettered=dead, model=MODEL, max_chunk_chars=MAX)
+    return classify(row, held, dead_lettered=dead, model=MODEL, rule=RULE)
 
 
-LONG = "word " * 60  # three chunks of at most MAX characters
+LONG = "word " * 60  # three chunks of at most 25 tokens
 
 
 def test_rows_whose_chunks_match_are_ok() -> None:
@@ -92,7 +93,7 @@ def test_classify_batch_looks_rows_up_by_source_id() -> None:
             ("4", 0, content_hash("d"), "old-model"),
         ]
     )
-    verdicts = classify_batch(rows, held, {"3"}, MODEL, MAX)
+    verdicts = classify_batch(rows, held, {"3"}, MODEL, RULE)
     assert [(r.source_id, v) for r, v in verdicts] == [
         ("1", Verdict.OK),
         ("2", Verdict.STALE),
