@@ -47,6 +47,7 @@ def test_unchanged_toast_in_a_template_column_is_fetched_not_embedded_as_placeho
 ) -> None:
     deployment.tables[0].columns = []
     deployment.tables[0].template = TEMPLATE
+    deployment.tables[0].options["chunk_tokens"] = 1000  # the big body makes several chunks
     # Stored out of line uncompressed, and not resent by updates of other columns.
     deployment.execute("ALTER TABLE articles ALTER COLUMN body SET STORAGE EXTERNAL")
     process = deployment.start()
