@@ -148,6 +148,8 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
         retry=RetryPolicy(max_attempts=embedding.max_attempts),
         on_request=metrics.record_request if metrics else None,
         tokenizer=tokenizer_for(settings),
+        concurrency=embedding.concurrency,
+        tokens_per_minute=embedding.tokens_per_minute,
     )
 
 

@@ -16,6 +16,10 @@ What can go wrong, and what the caller sees:
   single inputs at fault, which come back in `EmbeddingResult.errors` while the others get vectors;
 - vectors of the wrong size raise `ConfigError`: storing them would poison the sink.
 
+Up to `concurrency` requests are in flight at once, over all `embed` calls of one provider (the
+snapshot's writers share it with the stream), each admitted by a `RateGate`: an optional
+tokens-per-minute budget and the service's own rate-limit headers and `Retry-After`.
+
 Messages name the endpoint's host, never the API key.
 """
 
@@ -29,7 +33,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -39,6 +43,7 @@ import numpy.typing as npt
 import openai
 
 from cdc.errors import ConfigError, EmbeddingUnavailable
+from cdc.ratelimit import RateGate, ServerLimits
 from cdc.tokens import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -211,6 +216,8 @@ class OpenAIProvider:
         send_dimensions: bool | None = None,
         on_request: Callable[[str, float], None] | None = None,
         tokenizer: Tokenizer | None = None,
+        concurrency: int = 4,
+        tokens_per_minute: int | None = None,
     ) -> None:
         if not 1 <= max_batch_inputs <= MAX_BATCH_INPUTS:
             raise ConfigError(
@@ -223,6 +230,8 @@ class OpenAIProvider:
             )
         if dimensions < 1:
             raise ConfigError(f"embedding.dimensions must be positive, not {dimensions}")
+        if concurrency < 1:
+            raise ConfigError(f"embedding.concurrency must be at least 1, not {concurrency}")
         self.model = model
         self.dimensions = dimensions
         self.tokenizer = tokenizer or Tokenizer.for_model(model)
@@ -230,6 +239,8 @@ class OpenAIProvider:
         self._max_tokens = max_batch_tokens
         self._retry = retry
         self._on_request = on_request
+        self._slots = asyncio.Semaphore(concurrency)
+        self._gate = RateGate(tokens_per_minute, time.monotonic())
         if send_dimensions is None:
             # Only OpenAI's text-embedding-3 family takes `dimensions`; other servers reject it.
             send_dimensions = model.startswith("text-embedding-3")
@@ -259,14 +270,24 @@ class OpenAIProvider:
         if len(counts) != len(batch):
             raise ValueError(f"{len(counts)} token counts for {len(batch)} texts")
         tally = _Tally(vectors=[None] * len(batch))
-        for span in plan_requests(counts, self._max_batch, self._max_tokens):
-            await self._embed_range(batch, span.start, span.stop, tally, known_bad=False)
+        spans = plan_requests(counts, self._max_batch, self._max_tokens)
+        await _all_or_none(
+            self._embed_range(batch, counts, span.start, span.stop, tally, known_bad=False)
+            for span in spans
+        )
         return EmbeddingResult(
             vectors=tally.vectors, errors=tally.errors, tokens=tally.tokens, requests=tally.requests
         )
 
     async def _embed_range(
-        self, texts: list[str], lo: int, hi: int, tally: _Tally, *, known_bad: bool
+        self,
+        texts: list[str],
+        counts: list[int],
+        lo: int,
+        hi: int,
+        tally: _Tally,
+        *,
+        known_bad: bool,
     ) -> None:
         """Embed texts[lo:hi], bisecting on rejection down to the single inputs at fault.
 
@@ -275,7 +296,7 @@ class OpenAIProvider:
         """
         outcome: list[Vector] | _Rejected | None = None
         if not known_bad or hi - lo == 1:
-            outcome = await self._request(texts[lo:hi], tally)
+            outcome = await self._request(texts[lo:hi], sum(counts[lo:hi]), tally)
             if isinstance(outcome, list):
                 tally.vectors[lo:hi] = outcome
                 return
@@ -285,19 +306,27 @@ class OpenAIProvider:
             return
         mid = (lo + hi) // 2
         errors_before = len(tally.errors)
-        await self._embed_range(texts, lo, mid, tally, known_bad=False)
+        await self._embed_range(texts, counts, lo, mid, tally, known_bad=False)
         left_clean = len(tally.errors) == errors_before
-        await self._embed_range(texts, mid, hi, tally, known_bad=left_clean)
+        await self._embed_range(texts, counts, mid, hi, tally, known_bad=left_clean)
 
-    async def _request(self, batch: list[str], tally: _Tally) -> list[Vector] | _Rejected:
+    async def _request(
+        self, batch: list[str], tokens: int, tally: _Tally
+    ) -> list[Vector] | _Rejected:
         """One request, retried while failures are transient."""
         attempt = 0
         while True:
             attempt += 1
             tally.requests += 1
-            started = time.monotonic()
             try:
-                response = await self._client.embeddings.create(**self._params(batch))
+                async with self._slots:
+                    await self._admit(tokens)
+                    started = time.monotonic()
+                    raw = await self._client.embeddings.with_raw_response.create(
+                        **self._params(batch)
+                    )
+                    self._gate.observe(ServerLimits.from_headers(raw.headers), time.monotonic())
+                    response = raw.parse()
             except openai.APIStatusError as exc:
                 self._observe(str(exc.status_code), started)
                 rejected = self._settle_status(exc)
@@ -305,6 +334,7 @@ class OpenAIProvider:
                     return rejected
                 failure = f"HTTP {exc.status_code}"
                 retry_after = parse_retry_after(exc.response.headers, time.time())
+                self._hold_everyone(exc, retry_after)
             except openai.APITimeoutError:
                 self._observe("timeout", started)
                 failure, retry_after = "timeout", None
@@ -316,6 +346,20 @@ class OpenAIProvider:
                 tally.tokens += _prompt_tokens(response)
                 return self._vectors(response, len(batch))
             await self._back_off(attempt, failure, retry_after)
+
+    async def _admit(self, tokens: int) -> None:
+        """Wait until the token budget and the service's limits let a request go."""
+        while (wait := self._gate.wait_for(tokens, time.monotonic())) > 0:
+            logger.debug("embedding requests held %.2fs by the rate limits", wait)
+            await asyncio.sleep(wait)
+        self._gate.take(tokens, time.monotonic())
+
+    def _hold_everyone(self, exc: openai.APIStatusError, retry_after: float | None) -> None:
+        """A 429 speaks for the whole account: hold every request, not only this one."""
+        now = time.monotonic()
+        self._gate.observe(ServerLimits.from_headers(exc.response.headers), now)
+        if exc.status_code == 429 and retry_after is not None:
+            self._gate.pause(min(retry_after, RETRY_AFTER_HARD_CAP), now)
 
     def _params(self, batch: list[str]) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -425,6 +469,19 @@ class OpenAIProvider:
         return EmbeddingUnavailable(
             f"the embedding service at {self._endpoint} sent a malformed answer: {what}"
         )
+
+
+async def _all_or_none(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run `jobs` at once; the first failure cancels the rest and is raised (as itself, not
+    wrapped in an exception group, so callers keep catching `EmbeddingUnavailable`)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _resolve_key(api_key: str | None, base_url: str | None) -> str:
