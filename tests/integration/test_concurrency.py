@@ -57,10 +57,10 @@ def test_requests_in_flight_at_varying_latencies_keep_the_sink_in_step(
                     (round_, base, base + 24),
                 )
                 # Edits and deletes of rows whose insert may still be in flight.
+                deployment.execute("UPDATE articles SET body = body || ' edited' WHERE id % 3 = 0")
                 deployment.execute(
-                    "UPDATE articles SET body = body || ' edited' WHERE id % 3 = 0"
+                    "DELETE FROM articles WHERE id %% 7 = 0 AND id > %s::int", (base,)
                 )
-                deployment.execute("DELETE FROM articles WHERE id %% 7 = 0 AND id > %s::int", (base,))
             deployment.wait_caught_up(timeout=120)
         assert assert_in_step(deployment) > 200
         assert checkpoints == sorted(checkpoints), "the checkpoint went backwards"
