@@ -4,11 +4,17 @@ Committed transactions go in whole; the buffer keeps only the last state of each
 (table, source_id), so a row edited ten times before a flush is embedded once. It is bounded by
 rows and bytes: when it is full the reader stops reading (the server keeps the WAL) instead of
 the heap growing. A drain always ends at a transaction boundary and says which LSN it covers.
-Pure: the caller passes the clock.
+
+Each table may set how long its changes may wait (`max_latency`): `flush_decision` says when to
+drain everything (the table holding back the checkpoint is due, or the buffer is full) and when
+to drain only the tables that are due (`drain_tables`): a partial drain, which covers no LSN,
+so the checkpoint waits for the next full one. Pure: the caller passes the clock.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from cdc.changes import RowChange, TableTruncate, Transaction
@@ -17,13 +23,36 @@ from cdc.pgoutput import UNCHANGED_TOAST, Value
 
 @dataclass(slots=True)
 class Batch:
-    """Everything drained at once: apply truncates first, then the row changes."""
+    """Everything drained at once: apply truncates first, then the row changes.
+
+    A `complete` batch holds every change up to `end_lsn`, so applying it lets the checkpoint
+    move there; a partial one (some tables only) moves nothing.
+    """
 
     truncated: dict[str, TableTruncate]
     rows: list[RowChange]
     end_lsn: int
     transactions: int
     oldest_commit_time: int | None
+    complete: bool = True
+
+
+@dataclass(slots=True)
+class _Pending:
+    """When a table's oldest change still here arrived, and when it was committed."""
+
+    since: float
+    oldest_commit_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushDecision:
+    """Drain everything now, or the `tables` that are due (if any); else look again in `wait`
+    seconds (or when something is added). `tables` lists every due table either way."""
+
+    drain_all: bool = False
+    tables: tuple[str, ...] = ()
+    wait: float = 0.0
 
 
 @dataclass(slots=True)
@@ -35,8 +64,8 @@ class ChangeBuffer:
     _bytes: int = 0
     _end_lsn: int = 0
     _transactions: int = 0
-    _oldest_commit_time: int | None = None
     _first_added_at: float | None = None
+    _pending: dict[str, _Pending] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -61,8 +90,9 @@ class ChangeBuffer:
 
     @property
     def oldest_commit_time(self) -> int | None:
-        """Commit time of the oldest transaction here that changed something."""
-        return self._oldest_commit_time
+        """Commit time of the oldest change still here."""
+        times = [pending.oldest_commit_time for pending in self._pending.values()]
+        return min(times) if times else None
 
     def age(self, now: float) -> float:
         """Seconds since the oldest transaction still here was added."""
@@ -75,12 +105,40 @@ class ChangeBuffer:
                 self._truncate(change)
             else:
                 self._put(change)
+            if change.table not in self._pending:
+                self._pending[change.table] = _Pending(now, transaction.commit_time)
         self._end_lsn = transaction.end_lsn
         self._transactions += 1
         if self._first_added_at is None:
             self._first_added_at = now
-        if transaction.changes and self._oldest_commit_time is None:
-            self._oldest_commit_time = transaction.commit_time
+
+    def flush_decision(
+        self, now: float, latency_of: Callable[[str], float], idle_latency: float
+    ) -> FlushDecision:
+        """When to drain, given each table's `latency_of(table)` (seconds a change may wait).
+
+        Everything goes when the buffer is full or the table with the oldest change is due:
+        that table holds the checkpoint back, and flushing the others early costs nothing.
+        Tables due before it go alone. Transactions that changed no configured row (they still
+        move the checkpoint) wait `idle_latency`.
+        """
+        if self.empty:
+            return FlushDecision(wait=math.inf)
+        if not self._pending:
+            wait = idle_latency - self.age(now)
+            return FlushDecision(drain_all=self.full or wait <= 0, wait=wait)
+        deadlines = {t: p.since + latency_of(t) for t, p in self._pending.items()}
+        due = tuple(t for t, deadline in deadlines.items() if deadline <= now)
+        oldest = min(self._pending, key=lambda t: self._pending[t].since)
+        return FlushDecision(
+            drain_all=self.full or deadlines[oldest] <= now,
+            tables=due,
+            wait=min(deadlines.values()) - now,
+        )
+
+    def pending_rows(self, tables: Collection[str]) -> int:
+        """Rows waiting for `tables`."""
+        return sum(1 for table, _ in self._rows if table in tables)
 
     def drain(self) -> Batch:
         batch = Batch(
@@ -88,15 +146,32 @@ class ChangeBuffer:
             rows=list(self._rows.values()),
             end_lsn=self._end_lsn,
             transactions=self._transactions,
-            oldest_commit_time=self._oldest_commit_time,
+            oldest_commit_time=self.oldest_commit_time,
         )
         self._rows = {}
         self._truncated = {}
         self._bytes = 0
         self._transactions = 0
-        self._oldest_commit_time = None
         self._first_added_at = None
+        self._pending = {}
         return batch
+
+    def drain_tables(self, tables: Collection[str]) -> Batch:
+        """The changes of `tables` only: a partial batch that covers no LSN."""
+        rows = [change for key, change in self._rows.items() if key[0] in tables]
+        for change in rows:
+            del self._rows[(change.table, change.source_id)]
+            self._bytes -= change.size
+        truncated = {t: self._truncated.pop(t) for t in tables if t in self._truncated}
+        drained = [self._pending.pop(t) for t in tables if t in self._pending]
+        return Batch(
+            truncated=truncated,
+            rows=rows,
+            end_lsn=self._end_lsn,
+            transactions=0,
+            oldest_commit_time=min((p.oldest_commit_time for p in drained), default=None),
+            complete=False,
+        )
 
     def _put(self, change: RowChange) -> None:
         key = (change.table, change.source_id)

@@ -96,6 +96,9 @@ class TableConfig(_Strict):
     # consecutive chunks, so a sentence cut at a boundary is still whole in one of them.
     chunk_tokens: int | None = Field(None, ge=16)
     chunk_overlap: int = Field(0, ge=0)
+    # The longest a change of this table may wait in the buffer, in seconds (default:
+    # buffer.max_age): short for courses or profiles, long for comments that may batch.
+    max_latency: float | None = Field(None, gt=0)
     _content: ContentRule = PrivateAttr()
 
     @model_validator(mode="after")

@@ -3,7 +3,8 @@
 Two coroutines share one event loop. The reader drains every frame the socket holds per
 wake-up, decodes and assembles them synchronously (no task hop per message) and stops reading
 while the buffer is full. The flusher drains the buffer at transaction boundaries, applies the
-batch, and only then confirms its LSN to the server.
+batch, and only then confirms its LSN to the server. Tables with a short `max_latency` are
+drained on their own when due, and go between the slices of a large batch (`cdc.slices`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 
 from cdc.apply import Applier
-from cdc.buffer import Batch, ChangeBuffer
+from cdc.buffer import Batch, ChangeBuffer, FlushDecision
 from cdc.changes import RowChange, Transaction
 from cdc.config import Settings
 from cdc.frames import (
@@ -34,6 +35,7 @@ from cdc.metrics import Health, Metrics
 from cdc.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
 from cdc.plan import RowState
 from cdc.resync import ResyncWorker, new_windows
+from cdc.slices import SliceSizer, slice_target, supersede
 from cdc.source import SourceTable, fetch_rows
 from cdc.stream import MAX_FRAMES_PER_READ, ReplicationStream
 from cdc.transactions import TransactionAssembler
@@ -82,6 +84,12 @@ class Streamer:
         cfg = session.settings.buffer
         self._buffer = ChangeBuffer(max_rows=cfg.max_rows, max_bytes=cfg.max_bytes)
         self._max_age = cfg.max_age
+        self._latencies = {
+            name: table.config.max_latency or cfg.max_age for name, table in session.tables.items()
+        }
+        self._slices = SliceSizer(
+            slice_target([table.config.max_latency for table in session.tables.values()])
+        )
         self._decoder = PgOutputDecoder()
         self._assembler = TransactionAssembler(
             {name: table.config for name, table in session.tables.items()},
@@ -228,45 +236,96 @@ class Streamer:
     # ---- flushing ---------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        while True:
-            await self._wait_for_batch()
-            if self._buffer.empty:
-                return  # stopping, and nothing left
-            batch = self._buffer.drain()
-            reads, self._landing = self._landing, []
-            self._space.set()
-            self._in_flight = batch
-            await self._apply(batch, reads)
-            self._resyncs.landed(reads)
-            self._s.stream.confirm(batch.end_lsn)
-            self._last_status = time.monotonic()
-            self._in_flight = None
-            self._publish_positions()  # lag falls the moment a batch lands
-
-    async def _wait_for_batch(self) -> None:
-        while True:
-            stopping = self._stop.is_set()
-            if stopping or self._buffer.full:
-                return
-            if not self._buffer.empty:
-                remaining = self._max_age - self._buffer.age(time.monotonic())
-                if remaining <= 0:
-                    return
+        while (decision := await self._wait_for_flush()) is not None:
+            if decision.drain_all:
+                await self._flush_all()
             else:
-                remaining = STATUS_INTERVAL
-            self._added.clear()
-            await self._wait_any(self._added, remaining)
+                await self._flush_partial(self._buffer.drain_tables(decision.tables))
 
-    async def _apply(self, batch: Batch, reads: Sequence[ChunkRead]) -> None:
-        rows = await self._row_states(batch.rows)
-        positions = [read.position for read in reads]
-        result = await self._s.applier.apply(list(batch.truncated), rows, batch.end_lsn, positions)
+    async def _wait_for_flush(self) -> FlushDecision | None:
+        """What to flush next; None once stopping with nothing left."""
+        while True:
+            if self._stop.is_set():
+                return None if self._buffer.empty else FlushDecision(drain_all=True)
+            decision = self._flush_decision()
+            if decision.drain_all or decision.tables:
+                return decision
+            self._added.clear()
+            await self._wait_any(self._added, min(decision.wait, STATUS_INTERVAL))
+
+    def _flush_decision(self) -> FlushDecision:
+        return self._buffer.flush_decision(
+            time.monotonic(), self._latencies.__getitem__, self._max_age
+        )
+
+    async def _flush_all(self) -> None:
+        """Apply everything buffered, then confirm the LSN it covers."""
+        batch = self._buffer.drain()
+        reads, self._landing = self._landing, []
+        self._space.set()
+        self._in_flight = batch
+        await self._apply_in_slices(batch, reads)
         self._s.checkpoint = Lsn(batch.end_lsn)
-        if batch.rows or batch.truncated:
+        self._resyncs.landed(reads)
+        self._s.stream.confirm(batch.end_lsn)
+        self._last_status = time.monotonic()
+        self._in_flight = None
+        self._publish_positions()  # lag falls the moment a batch lands
+
+    async def _flush_partial(self, batch: Batch) -> None:
+        """Apply some tables' changes ahead of the rest; the checkpoint stays where it is."""
+        self._space.set()
+        outer, self._in_flight = self._in_flight, batch
+        await self._apply(list(batch.truncated), batch.rows, None)
+        self._in_flight = outer
+        self._publish_positions()
+
+    async def _apply_in_slices(self, batch: Batch, reads: Sequence[ChunkRead]) -> None:
+        """Apply `batch` in slices; the last one carries its checkpoint and resync positions.
+        Between slices, due tables with few changes waiting go first (`cdc.slices`)."""
+        truncated, rows = list(batch.truncated), batch.rows
+        while True:
+            size = self._slices.size(len(rows))
+            part, rows = rows[:size], rows[size:]
+            last = not rows
+            started = time.monotonic()
+            await self._apply(
+                truncated, part, batch.end_lsn if last else None, reads if last else ()
+            )
+            self._slices.observe(len(part), time.monotonic() - started)
+            if last:
+                return
+            truncated = []
+            urgent = self._urgent_tables()
+            if urgent:
+                newer = self._buffer.drain_tables(urgent)
+                rows = supersede(rows, newer)
+                await self._flush_partial(newer)
+
+    def _urgent_tables(self) -> list[str]:
+        """Due tables whose waiting changes fit in one slice: small urgent changes."""
+        fits = self._slices.size(0)
+        return [
+            table
+            for table in self._flush_decision().tables
+            if self._buffer.pending_rows([table]) <= fits
+        ]
+
+    async def _apply(
+        self,
+        truncated: Sequence[str],
+        changes: Sequence[RowChange],
+        checkpoint: int | None,
+        reads: Sequence[ChunkRead] = (),
+    ) -> None:
+        rows = await self._row_states(changes)
+        positions = [read.position for read in reads]
+        result = await self._s.applier.apply(truncated, rows, checkpoint, positions)
+        if rows or truncated:
             log.debug(
-                "applied %d transactions up to %s: %d embedded, %d removed, %d unchanged",
-                batch.transactions,
-                Lsn(batch.end_lsn),
+                "applied %d rows%s: %d embedded, %d removed, %d unchanged",
+                len(rows),
+                f" up to {Lsn(checkpoint)}" if checkpoint is not None else " ahead of the rest",
                 result.embedded,
                 result.removed,
                 result.unchanged,

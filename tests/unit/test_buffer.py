@@ -104,3 +104,74 @@ def test_empty_transactions_still_move_the_covered_lsn() -> None:
     assert not buffer.empty
     batch = buffer.drain()
     assert batch.end_lsn == 10 and batch.rows == [] and batch.oldest_commit_time is None
+
+
+def in_table(table: str, source_id: str, content: tuple[str, ...] = ("t", "b")) -> RowChange:
+    made = change(source_id, content=content)
+    made.table = table
+    return made
+
+
+LATENCY = {"public.courses": 1.0, "public.comments": 60.0}
+
+
+def decide(buffer: ChangeBuffer, now: float):  # type: ignore[no-untyped-def]
+    return buffer.flush_decision(now, LATENCY.__getitem__, idle_latency=0.05)
+
+
+def test_an_empty_buffer_waits_for_something_to_be_added() -> None:
+    decision = decide(ChangeBuffer(max_rows=10, max_bytes=10**6), now=0.0)
+    assert not decision.drain_all and decision.tables == () and decision.wait == float("inf")
+
+
+def test_a_table_due_before_the_oldest_goes_alone_and_covers_no_lsn() -> None:
+    buffer = ChangeBuffer(max_rows=100, max_bytes=10**6)
+    buffer.add(txn(10, in_table("public.comments", "1"), in_table("public.comments", "2")), 0.0)
+    buffer.add(txn(20, in_table("public.courses", "7")), now=5.0)
+    waiting = decide(buffer, now=5.5)
+    assert not waiting.drain_all and waiting.tables == () and waiting.wait == 0.5
+    due = decide(buffer, now=6.0)
+    assert not due.drain_all and due.tables == ("public.courses",)
+    assert buffer.pending_rows(["public.courses"]) == 1
+    partial = buffer.drain_tables(due.tables)
+    assert [c.source_id for c in partial.rows] == ["7"] and not partial.complete
+    assert partial.oldest_commit_time == 20
+    assert buffer.rows == 2 and buffer.oldest_commit_time == 10
+    # The comments hold the checkpoint back: when they are due, everything goes.
+    assert decide(buffer, now=59.0).wait == 1.0
+    assert decide(buffer, now=60.0).drain_all
+    full = buffer.drain()
+    assert full.complete and full.end_lsn == 20 and len(full.rows) == 2
+
+
+def test_when_the_oldest_table_is_due_everything_goes() -> None:
+    buffer = ChangeBuffer(max_rows=100, max_bytes=10**6)
+    buffer.add(txn(10, in_table("public.courses", "1")), now=0.0)
+    buffer.add(txn(20, in_table("public.comments", "1")), now=0.5)
+    decision = decide(buffer, now=1.0)
+    assert decision.drain_all and decision.tables == ("public.courses",)
+
+
+def test_a_full_buffer_drains_whatever_is_due() -> None:
+    buffer = ChangeBuffer(max_rows=2, max_bytes=10**6)
+    buffer.add(txn(10, in_table("public.comments", "1"), in_table("public.comments", "2")), 0.0)
+    assert decide(buffer, now=0.0).drain_all
+
+
+def test_transactions_without_rows_wait_the_idle_latency() -> None:
+    buffer = ChangeBuffer(max_rows=10, max_bytes=10**6)
+    buffer.add(txn(10), now=0.0)
+    assert not decide(buffer, now=0.01).drain_all
+    assert decide(buffer, now=0.05).drain_all
+
+
+def test_a_partial_drain_takes_the_tables_truncate_too() -> None:
+    buffer = ChangeBuffer(max_rows=100, max_bytes=10**6)
+    buffer.add(txn(10, in_table("public.comments", "1")), now=0.0)
+    buffer.add(txn(20, TableTruncate("public.courses", 19, 20)), 1.0)
+    buffer.add(txn(30, in_table("public.courses", "2")), now=1.0)
+    partial = buffer.drain_tables(["public.courses"])
+    assert list(partial.truncated) == ["public.courses"]
+    assert [c.source_id for c in partial.rows] == ["2"]
+    rest = buffer.drain()
+    assert rest.truncated == {} and [c.table for c in rest.rows] == ["public.comments"]
