@@ -150,6 +150,8 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
         tokenizer=tokenizer_for(settings),
         concurrency=embedding.concurrency,
         tokens_per_minute=embedding.tokens_per_minute,
+        api_version=embedding.api_version,
+        send_dimensions=embedding.send_dimensions,
     )
 
 

@@ -83,6 +83,12 @@ class EmbeddingConfig(_Strict):
     concurrency: int = Field(4, ge=1, le=64)
     # Optional budget shared by all requests, for accounts with a low tokens-per-minute limit.
     tokens_per_minute: int | None = Field(None, ge=1)
+    # Azure OpenAI's classic deployment endpoints: the API version (e.g. 2024-10-21), with
+    # base_url the resource (https://NAME.openai.azure.com) and model the deployment name.
+    api_version: str | None = None
+    # Send `dimensions` with each request (default: only for OpenAI's text-embedding-3 models;
+    # servers that do not take it refuse the request).
+    send_dimensions: bool | None = None
 
 
 class TableConfig(_Strict):

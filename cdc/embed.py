@@ -218,6 +218,7 @@ class OpenAIProvider:
         tokenizer: Tokenizer | None = None,
         concurrency: int = 4,
         tokens_per_minute: int | None = None,
+        api_version: str | None = None,
     ) -> None:
         if not 1 <= max_batch_inputs <= MAX_BATCH_INPUTS:
             raise ConfigError(
@@ -245,12 +246,10 @@ class OpenAIProvider:
             # Only OpenAI's text-embedding-3 family takes `dimensions`; other servers reject it.
             send_dimensions = model.startswith("text-embedding-3")
         self._send_dimensions = send_dimensions
-        key = _resolve_key(api_key, base_url)
+        key = _resolve_key(api_key, base_url, azure=api_version is not None)
         # Remembered only to scrub it from messages; a placeholder is no secret.
         self._secret = key if key != _PLACEHOLDER_KEY else None
-        self._client = openai.AsyncOpenAI(
-            api_key=key, base_url=base_url, max_retries=0, timeout=timeout
-        )
+        self._client = _client(key, base_url, api_version, timeout)
         self._endpoint = _endpoint_name(str(self._client.base_url))
 
     async def __aenter__(self) -> OpenAIProvider:
@@ -484,14 +483,37 @@ async def _all_or_none(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
         raise
 
 
-def _resolve_key(api_key: str | None, base_url: str | None) -> str:
-    key = api_key or os.environ.get("OPENAI_API_KEY")
-    if key:
-        return key
+def _client(
+    key: str, base_url: str | None, api_version: str | None, timeout: float
+) -> openai.AsyncOpenAI:
+    """The OpenAI client, or Azure OpenAI's: same API, but `/openai/deployments/{model}/...`
+    paths, an `api-version` query parameter and an `api-key` header."""
+    if api_version is None:
+        return openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
     if base_url is None:
         raise ConfigError(
-            "embedding.api_key is not set and neither is OPENAI_API_KEY: the OpenAI API needs "
-            "a key (or set embedding.base_url to a local OpenAI-compatible server)"
+            "embedding.api_version is set (Azure OpenAI) but embedding.base_url is not: set it "
+            "to the resource's endpoint, e.g. https://NAME.openai.azure.com"
+        )
+    return openai.AsyncAzureOpenAI(
+        api_key=key,
+        azure_endpoint=base_url,
+        api_version=api_version,
+        max_retries=0,
+        timeout=timeout,
+    )
+
+
+def _resolve_key(api_key: str | None, base_url: str | None, *, azure: bool = False) -> str:
+    variable = "AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY"
+    key = api_key or os.environ.get(variable)
+    if key:
+        return key
+    if base_url is None or azure:
+        raise ConfigError(
+            f"embedding.api_key is not set and neither is {variable}: the "
+            f"{'Azure OpenAI' if azure else 'OpenAI'} API needs a key (or set embedding.base_url "
+            "to a local OpenAI-compatible server)"
         )
     return _PLACEHOLDER_KEY
 

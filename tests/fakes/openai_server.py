@@ -102,6 +102,9 @@ class LoggedRequest:
     dimensions: int | None = None
     encoding_format: str | None = None
     tokens: int = 0
+    # The path with its query, and how the key came: "bearer" (OpenAI) or "api-key" (Azure).
+    path: str = ""
+    credential: str = ""
 
 
 @dataclass(frozen=True)
@@ -381,8 +384,11 @@ class FakeOpenAIServer:
         # An Event wait rather than sleep, so stop() does not wait out a long latency.
         self._stopping.wait(seconds)
 
-    def answer(self, body: object, api_key: str = "") -> tuple[int, dict[str, str], dict[str, Any]]:
-        """Status, extra headers and JSON body for one request body, sent with `api_key`."""
+    def answer(
+        self, body: object, api_key: str = "", path: str = "", credential: str = ""
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """Status, extra headers and JSON body for one request body, sent with `api_key` to
+        `path` (logged with how the key was sent, `credential`)."""
         with self._lock:
             self._requests += 1
             failure = self._failures.popleft() if self._failures else None
@@ -405,6 +411,8 @@ class FakeOpenAIServer:
             dimensions=request.dimensions,
             encoding_format=request.encoding_format,
             tokens=tokens,
+            path=path,
+            credential=credential,
         )
         if failure is not None:
             return self._fail(logged, failure, api_key)
@@ -598,7 +606,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        if path not in ("/v1/embeddings", "/embeddings"):
+        # OpenAI's path, or Azure OpenAI's per-deployment one (its version in the query).
+        azure = re.fullmatch(r"/openai/deployments/[^/]+/embeddings", path) is not None
+        if path not in ("/v1/embeddings", "/embeddings") and not azure:
             self._send(404, {}, _error_body(f"Unknown path {path}", None, "not_found"))
             return
         try:
@@ -609,8 +619,14 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         with fake.serving():
             fake.wait_latency()
-            authorization = self.headers.get("Authorization") or ""
-            status, headers, payload = fake.answer(body, authorization.removeprefix("Bearer "))
+            bearer = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            azure_key = self.headers.get("api-key")
+            status, headers, payload = fake.answer(
+                body,
+                azure_key or bearer,
+                self.path,
+                "api-key" if azure_key else "bearer" if bearer else "",
+            )
         self._send(status, headers, payload)
 
     def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:

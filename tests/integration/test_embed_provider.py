@@ -517,3 +517,26 @@ def test_fake_server_runs_as_a_process() -> None:
         np.asarray(response.data[0].embedding, dtype=np.float32),
         np.asarray(embed_text("hello", 8), dtype=np.float32),
     )
+
+
+def test_azure_openai_deployments_are_addressed_the_azure_way(server: FakeOpenAIServer) -> None:
+    provider = make_provider(
+        server.url.removesuffix("/v1"),
+        model="my-embeddings",
+        api_version="2024-10-21",
+        send_dimensions=True,
+    )
+    result = embed(provider, ["azure text"])
+    assert_vectors(result, ["azure text"])
+    [logged] = server.request_log
+    assert logged.path == "/openai/deployments/my-embeddings/embeddings?api-version=2024-10-21"
+    assert logged.credential == "api-key"
+    assert logged.dimensions == DIMS
+
+
+def test_azure_needs_its_endpoint_and_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"embedding\.base_url"):
+        make_provider(None, api_version="2024-10-21")
+    with pytest.raises(ConfigError, match="AZURE_OPENAI_API_KEY"):
+        make_provider("http://127.0.0.1:9/", api_key=None, api_version="2024-10-21")
