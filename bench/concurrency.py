@@ -42,6 +42,8 @@ from e2e import (
     rate,
     ratio,
     read_line,
+    scrape,
+    stages,
     start_streaming,
     stop_all,
     stop_process,
@@ -124,13 +126,13 @@ def one_run(
         process = start_streaming(dep, probe, args.timeout)
         dep.execute(f"DROP INDEX {SINK_INDEX}")
         rows = make_articles(1, args.rows)
-        before = counters(process.output)
+        before, stage_before = counters(process.output), scrape(process)
         with dep.connect() as conn:
             started = time.perf_counter()
             insert_rows(conn, rows, INSERT_BATCH)
             wait_checkpoint(probe, process, sync_lsn(dep), args.timeout)
             seconds = time.perf_counter() - started
-        after = counters(process.output)
+        after, stage_after = counters(process.output), scrape(process)
         if probe.vector_count() != len(rows):
             raise AssertionError(f"{probe.vector_count()} vectors for {len(rows)} rows")
         requests = after.get("cdc_embedding_requests_total", 0) - before.get(
@@ -147,6 +149,7 @@ def one_run(
             "requests": int(requests),
             "inputs_per_request": round(len(rows) / requests, 1) if requests else None,
             "tokens_per_request": round(tokens / requests, 1) if requests else None,
+            "stages": stages(stage_before, stage_after, seconds),
         }
     finally:
         probe.close()
