@@ -152,6 +152,7 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
         tokens_per_minute=embedding.tokens_per_minute,
         api_version=embedding.api_version,
         send_dimensions=embedding.send_dimensions,
+        on_throttle=metrics.embedding_throttled_seconds.inc if metrics else None,
     )
 
 

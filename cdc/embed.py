@@ -219,6 +219,7 @@ class OpenAIProvider:
         concurrency: int = 4,
         tokens_per_minute: int | None = None,
         api_version: str | None = None,
+        on_throttle: Callable[[float], None] | None = None,
     ) -> None:
         if not 1 <= max_batch_inputs <= MAX_BATCH_INPUTS:
             raise ConfigError(
@@ -240,6 +241,7 @@ class OpenAIProvider:
         self._max_tokens = max_batch_tokens
         self._retry = retry
         self._on_request = on_request
+        self._on_throttle = on_throttle
         self._slots = asyncio.Semaphore(concurrency)
         self._gate = RateGate(tokens_per_minute, time.monotonic())
         if send_dimensions is None:
@@ -350,6 +352,8 @@ class OpenAIProvider:
         """Wait until the token budget and the service's limits let a request go."""
         while (wait := self._gate.wait_for(tokens, time.monotonic())) > 0:
             logger.debug("embedding requests held %.2fs by the rate limits", wait)
+            if self._on_throttle is not None:
+                self._on_throttle(wait)
             await asyncio.sleep(wait)
         self._gate.take(tokens, time.monotonic())
 

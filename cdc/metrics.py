@@ -240,6 +240,12 @@ class Metrics:
         self.embedding_tokens = Counter(
             "cdc_embedding_tokens", "Tokens reported by the embedding API", registry=r
         )
+        self.embedding_throttled_seconds = Counter(
+            "cdc_embedding_throttled_seconds",
+            "Seconds embedding requests were held back by embedding.tokens_per_minute or the "
+            "service's rate-limit headers and Retry-After",
+            registry=r,
+        )
         self.embedding_request_seconds = Histogram(
             "cdc_embedding_request_seconds",
             "Embedding API request latency",

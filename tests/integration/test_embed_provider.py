@@ -170,12 +170,20 @@ def test_a_tokens_per_minute_budget_holds_requests_back(server: FakeOpenAIServer
     long_text = " ".join(["word"] * 600)
     texts = [long_text, "two words"]
     assert count_tokens(texts) == [600, 2]
+    held: list[float] = []
     started = time.monotonic()
     result = embed(
-        make_provider(server.url, max_batch_inputs=1, concurrency=1, tokens_per_minute=600),
+        make_provider(
+            server.url,
+            max_batch_inputs=1,
+            concurrency=1,
+            tokens_per_minute=600,
+            on_throttle=held.append,
+        ),
         texts,
     )
     assert time.monotonic() - started >= 0.15
+    assert 0.15 <= sum(held) <= 0.25
     assert server.requests == 2
     assert_vectors(result, texts)
 

@@ -26,6 +26,7 @@ EXPECTED = [
     ("cdc_embeddings_skipped", "counter", {"table", "reason"}),
     ("cdc_embedding_requests", "counter", {"status"}),
     ("cdc_embedding_tokens", "counter", set()),
+    ("cdc_embedding_throttled_seconds", "counter", set()),
     ("cdc_embedding_request_seconds", "histogram", set()),
     ("cdc_vectors_written", "counter", {"table", "op"}),
     ("cdc_buffer_rows", "gauge", set()),
