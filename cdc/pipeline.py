@@ -97,7 +97,9 @@ class Streamer:
         )
         self._added = asyncio.Event()
         self._space = asyncio.Event()
-        self._in_flight: Batch | None = None
+        # Batches being applied, a stack: a full one, and a partial one between two of its
+        # slices.
+        self._in_flight: list[Batch] = []
         self._server_lsn = 0
         self._change_counts: Counter[tuple[str, str]] = Counter()
         self._last_status = 0.0
@@ -192,7 +194,7 @@ class Streamer:
     def _on_keepalive(self, keepalive: Keepalive) -> None:
         # Nothing received is unapplied: the server's position is safe to confirm, so a quiet
         # publication does not make the server keep WAL for us.
-        if self._assembler.idle and self._buffer.empty and self._in_flight is None:
+        if self._assembler.idle and self._buffer.empty and not self._in_flight:
             self._s.stream.confirm(keepalive.wal_end)
             self._last_status = time.monotonic()
         elif keepalive.reply_requested:
@@ -224,14 +226,12 @@ class Streamer:
         self._last_status = time.monotonic()
 
     def _lag_seconds(self) -> float:
-        oldest = None
-        if self._in_flight is not None:
-            oldest = self._in_flight.oldest_commit_time
-        if oldest is None and not self._buffer.empty:
-            oldest = self._buffer.oldest_commit_time
-        if oldest is None:
+        pending = [batch.oldest_commit_time for batch in self._in_flight]
+        pending.append(self._buffer.oldest_commit_time)
+        times = [commit_time for commit_time in pending if commit_time is not None]
+        if not times:
             return 0.0
-        return max(0.0, time.time() - pg_timestamp(oldest).timestamp())
+        return max(0.0, time.time() - pg_timestamp(min(times)).timestamp())
 
     # ---- flushing ---------------------------------------------------------------------------
 
@@ -263,21 +263,21 @@ class Streamer:
         batch = self._buffer.drain()
         reads, self._landing = self._landing, []
         self._space.set()
-        self._in_flight = batch
+        self._in_flight.append(batch)
         await self._apply_in_slices(batch, reads)
         self._s.checkpoint = Lsn(batch.end_lsn)
         self._resyncs.landed(reads)
         self._s.stream.confirm(batch.end_lsn)
         self._last_status = time.monotonic()
-        self._in_flight = None
+        self._in_flight.pop()
         self._publish_positions()  # lag falls the moment a batch lands
 
     async def _flush_partial(self, batch: Batch) -> None:
         """Apply some tables' changes ahead of the rest; the checkpoint stays where it is."""
         self._space.set()
-        outer, self._in_flight = self._in_flight, batch
+        self._in_flight.append(batch)
         await self._apply(list(batch.truncated), batch.rows, None)
-        self._in_flight = outer
+        self._in_flight.pop()
         self._publish_positions()
 
     async def _apply_in_slices(self, batch: Batch, reads: Sequence[ChunkRead]) -> None:
