@@ -137,6 +137,10 @@ async def _setup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def make_provider(settings: Settings, metrics: Metrics | None = None) -> EmbeddingProvider:
+    if settings.embedding.provider == "local":
+        from cdc.local_embed import make_local_provider
+
+        return make_local_provider(settings, metrics.record_request if metrics else None)
     embedding = settings.embedding
     return OpenAIProvider(
         model=embedding.model,

@@ -84,6 +84,18 @@ class EmbeddingConfig(_Strict):
     # Optional budget shared by all requests, for accounts with a low tokens-per-minute limit.
     tokens_per_minute: int | None = Field(None, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _local_defaults(cls, data: Any) -> Any:
+        """`provider: local` alone means the packaged all-MiniLM-L6-v2, with its size, a
+        forward pass's worth of inputs, and chunks short enough for its 256 word pieces."""
+        if not isinstance(data, dict) or data.get("provider") != "local":
+            return data
+        defaults: dict[str, Any] = {"batch_size": 32, "max_input_tokens": 200}
+        if "model" not in data:
+            defaults.update(model="all-MiniLM-L6-v2", dimensions=384)
+        return {**defaults, **data}
+
 
 class TableConfig(_Strict):
     table: str
