@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     teardown = commands.add_parser("teardown", parents=[common], help="drop the slot")
     teardown.add_argument("--all", action="store_true", help="also drop the publication")
     teardown.set_defaults(handler=_teardown)
+    _search_parsers(commands, common)
     return parser
 
 
@@ -261,4 +262,63 @@ async def _teardown(settings: Settings, args: argparse.Namespace) -> int:
 
     for line in await teardown(settings, drop_publication=args.all):
         print(line)
+    return EXIT_OK
+
+
+# -- search and similar -----------------------------------------------------------------------
+
+
+def _search_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    find = argparse.ArgumentParser(add_help=False)
+    find.add_argument("-k", type=int, default=10, help="rows to return (default 10)")
+    find.add_argument(
+        "--where",
+        action="append",
+        metavar="COL=VALUE",
+        help="only rows whose metadata column COL is VALUE (repeatable, ANDed)",
+    )
+    find.add_argument("--json", action="store_true", help="print JSON")
+    search = commands.add_parser(
+        "search", parents=[common, find], help="rows nearest in meaning to a text"
+    )
+    search.add_argument("text", metavar="TEXT")
+    search.add_argument("--table", help="only this configured table (default: all)")
+    search.set_defaults(handler=_search)
+    similar = commands.add_parser(
+        "similar", parents=[common, find], help="rows nearest to a row, from its stored vectors"
+    )
+    similar.add_argument("--table", required=True, help="the row's configured table")
+    similar.add_argument("--id", required=True, help='its source_id (composite: \'["en", "42"]\')')
+    similar.add_argument("--in", dest="in_table", help="look in this table (default: --table)")
+    similar.set_defaults(handler=_similar)
+
+
+async def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.search import hits_json, parse_where, render_hits, search
+
+    where = parse_where(args.where)
+    provider = make_provider(settings)
+    try:
+        hits = await search(settings, provider, args.text, table=args.table, k=args.k, where=where)
+    finally:
+        await provider.aclose()
+    print(json.dumps(hits_json(hits), indent=2) if args.json else render_hits(hits))
+    return EXIT_OK
+
+
+async def _similar(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.search import hits_json, parse_where, render_hits, similar
+
+    hits = await similar(
+        settings,
+        table=args.table,
+        source_id=args.id,
+        in_table=args.in_table,
+        k=args.k,
+        where=parse_where(args.where),
+    )
+    print(json.dumps(hits_json(hits), indent=2) if args.json else render_hits(hits))
     return EXIT_OK
