@@ -228,11 +228,17 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         raise ConfigError("no configuration: pass --config PATH or set CDC_CONFIG")
     data = _read_yaml(Path(path))
     _deep_merge(data, _env_overrides(env))
+    return settings_from(data, str(path))
+
+
+def settings_from(data: Mapping[str, Any], origin: str = "the configuration") -> Settings:
+    """Validated settings from a mapping shaped like the file (what `cdc demo` builds);
+    `ConfigError` names the key and `origin`."""
     try:
-        # Validation only: the sources were merged above, from the mapping we were given.
+        # Validation only: no environment is read here, the caller merged what it wanted.
         settings = Settings.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, Path(path))) from None
+        raise ConfigError(_describe(error, origin)) from None
     _check_consistency(settings)
     return settings
 
@@ -303,8 +309,8 @@ def _is_known_path(model: type[BaseModel], path: list[str]) -> bool:
     return len(path) == 1
 
 
-def _describe(error: ValidationError, path: Path) -> str:
-    lines = [f"invalid configuration in {path}:"]
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
