@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.command == "demo":  # builds its own configuration
+            configure_logging(args.log_level or "warning", args.log_format or "text")
+            return int(asyncio.run(_demo(args)))
         settings = load_config(args.config)
         configure_logging(
             args.log_level or settings.log.level, args.log_format or settings.log.format
@@ -111,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     resync.set_defaults(handler=_resync)
 
+    demo = commands.add_parser(
+        "demo",
+        help="the whole thing on an embedded PostgreSQL with a local model (no --config)",
+    )
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.add_argument("--log-format", choices=["text", "json"])
+
     teardown = commands.add_parser("teardown", parents=[common], help="drop the slot")
     teardown.add_argument("--all", action="store_true", help="also drop the publication")
     teardown.set_defaults(handler=_teardown)
@@ -138,6 +148,10 @@ async def _setup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def make_provider(settings: Settings, metrics: Metrics | None = None) -> EmbeddingProvider:
+    if settings.embedding.provider == "local":
+        from cdc.local_embed import make_local_provider
+
+        return make_local_provider(settings, metrics.record_request if metrics else None)
     embedding = settings.embedding
     return OpenAIProvider(
         model=embedding.model,
@@ -256,6 +270,31 @@ async def _dead_letters_retry(settings: Settings, args: argparse.Namespace) -> i
     report = await retry_dead_letters(settings, args.table, make_provider)
     print(json.dumps(report.as_dict(), indent=2) if args.json else render_retry(report))
     return EXIT_PROBLEM if report.still_failing else EXIT_OK
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from cdc.demo import run_demo
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    # SIGTERM as Ctrl-C: cancel, so the streamer drains and the server stops on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        terminated.set()
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        await run_demo(sys.stdout, sys.stderr)
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        task.uncancel()
+        print("cdc demo: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
 
 
 async def _teardown(settings: Settings, args: argparse.Namespace) -> int:

@@ -90,6 +90,18 @@ class EmbeddingConfig(_Strict):
     # servers that do not take it refuse the request).
     send_dimensions: bool | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _local_defaults(cls, data: Any) -> Any:
+        """`provider: local` alone means the packaged all-MiniLM-L6-v2, with its size, a
+        forward pass's worth of inputs, and chunks short enough for its 256 word pieces."""
+        if not isinstance(data, dict) or data.get("provider") != "local":
+            return data
+        defaults: dict[str, Any] = {"batch_size": 32, "max_input_tokens": 200}
+        if "model" not in data:
+            defaults.update(model="all-MiniLM-L6-v2", dimensions=384)
+        return {**defaults, **data}
+
 
 class TableConfig(_Strict):
     table: str
@@ -225,11 +237,17 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         raise ConfigError("no configuration: pass --config PATH or set CDC_CONFIG")
     data = _read_yaml(Path(path))
     _deep_merge(data, _env_overrides(env))
+    return settings_from(data, str(path))
+
+
+def settings_from(data: Mapping[str, Any], origin: str = "the configuration") -> Settings:
+    """Validated settings from a mapping shaped like the file (what `cdc demo` builds);
+    `ConfigError` names the key and `origin`."""
     try:
-        # Validation only: the sources were merged above, from the mapping we were given.
+        # Validation only: no environment is read here, the caller merged what it wanted.
         settings = Settings.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, Path(path))) from None
+        raise ConfigError(_describe(error, origin)) from None
     _check_consistency(settings)
     return settings
 
@@ -300,8 +318,8 @@ def _is_known_path(model: type[BaseModel], path: list[str]) -> bool:
     return len(path) == 1
 
 
-def _describe(error: ValidationError, path: Path) -> str:
-    lines = [f"invalid configuration in {path}:"]
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":

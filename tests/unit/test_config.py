@@ -98,3 +98,23 @@ def test_columns_and_template_are_exclusive_and_one_is_required(tmp_path: Path) 
     bad = BASE.replace("columns: [title, body]", 'template: "{title.upper}"')
     with pytest.raises(ConfigError, match=r"public\.articles: template placeholder \{title"):
         load_config(write(tmp_path, bad), {})
+
+
+def test_provider_local_defaults_to_the_packaged_minilm(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, BASE + "embedding:\n  provider: local\n"), {})
+    embedding = settings.embedding
+    assert (embedding.model, embedding.dimensions) == ("all-MiniLM-L6-v2", 384)
+    # MiniLM reads 256 word pieces: chunks of 200 tiktoken tokens fit; one forward pass of 32.
+    assert (embedding.max_input_tokens, embedding.batch_size) == (200, 32)
+    assert embedding.api_key is None and embedding.base_url is None
+
+
+def test_provider_local_keeps_what_is_given(tmp_path: Path) -> None:
+    text = BASE + "embedding:\n  provider: local\n  model: /models/bge\n  dimensions: 768\n"
+    settings = load_config(write(tmp_path, text), {"CDC_EMBEDDING__MAX_INPUT_TOKENS": "400"})
+    embedding = settings.embedding
+    assert (embedding.model, embedding.dimensions, embedding.max_input_tokens) == (
+        "/models/bge",
+        768,
+        400,
+    )
