@@ -140,7 +140,8 @@ async def open_parts(
         await check_sink_shape(settings, sink_conn)
     if state.snapshot_done:
         await ensure_indexes(settings, sink_conn)
-    provider = make_provider(settings)
+    # On a thread: a local model takes seconds to load, and /healthz must answer meanwhile.
+    provider = await asyncio.to_thread(make_provider, settings)
     stack.push_async_callback(provider.aclose)
     stream = ReplicationStream.connect(
         settings.source.dsn, settings.source.slot, settings.source.publication
