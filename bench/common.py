@@ -190,18 +190,22 @@ STAGE_SERIES = (
 )
 
 
-def scrape(process: CdcProcess) -> dict[str, float]:
-    """The stage timers from the process's /metrics (the port is in its log)."""
+def scrape(
+    process: CdcProcess, wanted: Callable[[str, str], bool] | None = None
+) -> dict[str, float]:
+    """Series from the process's /metrics (the port is in its log), summed over labels: the
+    stage timers, or those for which `wanted(name, line)` holds."""
     found = METRICS_PORT.search(process.output)
     if found is None:
         return {}
     url = f"http://127.0.0.1:{found.group(1)}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
+    keep = wanted or (lambda name, _line: name in STAGE_SERIES)
     values: dict[str, float] = {}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in STAGE_SERIES:
+        if keep(name, line):
             values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return values
 

@@ -17,7 +17,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not installed
 
 from bench.common import (  # noqa: E402
-    METRICS_PORT,
     embedded_server,
     environment,
     fake_endpoint,
@@ -54,6 +52,8 @@ from tests.harness import Deployment  # noqa: E402
 from tests.pg import PgServer, unique_slot  # noqa: E402
 
 CONCURRENCY = (1, 2, 4, 8)
+OK_REQUESTS = "cdc_embedding_requests_total"
+TOKENS = "cdc_embedding_tokens_total"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,21 +69,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def counters(process_output: str) -> dict[str, float]:
+def embedding_counts(name: str, line: str) -> bool:
     """`cdc run`'s successful embedding requests and the tokens they carried."""
-    found = METRICS_PORT.search(process_output)
-    if found is None:
-        return {}
-    url = f"http://127.0.0.1:{found.group(1)}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        ok_request = name == "cdc_embedding_requests_total" and 'status="ok"' in line
-        if ok_request or name == "cdc_embedding_tokens_total":
-            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return values
+    return (name == OK_REQUESTS and 'status="ok"' in line) or name == TOKENS
 
 
 def one_run(
@@ -112,21 +100,17 @@ def one_run(
         process = start_streaming(dep, probe, args.timeout)
         dep.execute(f"DROP INDEX {SINK_INDEX}")
         rows = make_articles(1, args.rows)
-        before, stage_before = counters(process.output), scrape(process)
+        before, stage_before = scrape(process, embedding_counts), scrape(process)
         with dep.connect() as conn:
             started = time.perf_counter()
             insert_rows(conn, rows, INSERT_BATCH)
             wait_checkpoint(probe, process, sync_lsn(dep), args.timeout)
             seconds = time.perf_counter() - started
-        after, stage_after = counters(process.output), scrape(process)
+        after, stage_after = scrape(process, embedding_counts), scrape(process)
         if probe.vector_count() != len(rows):
             raise AssertionError(f"{probe.vector_count()} vectors for {len(rows)} rows")
-        requests = after.get("cdc_embedding_requests_total", 0) - before.get(
-            "cdc_embedding_requests_total", 0
-        )
-        tokens = after.get("cdc_embedding_tokens_total", 0) - before.get(
-            "cdc_embedding_tokens_total", 0
-        )
+        requests = after.get(OK_REQUESTS, 0) - before.get(OK_REQUESTS, 0)
+        tokens = after.get(TOKENS, 0) - before.get(TOKENS, 0)
         return {
             "concurrency": concurrency,
             "rows": len(rows),

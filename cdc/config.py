@@ -61,7 +61,7 @@ class SinkConfig(_Strict):
     table: str = "cdc_embeddings"
     vector_type: Literal["vector", "halfvec"] = "vector"
     # Rows whose last committed state this process remembers, so unchanged rows skip the
-    # sink lookup (about 150 bytes each).
+    # sink lookup (about 240 bytes each; each snapshot writer keeps its own).
     known_rows: int = Field(200_000, ge=0)
 
 
