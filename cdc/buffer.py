@@ -14,6 +14,7 @@ so the checkpoint waits for the next full one. Pure: the caller passes the clock
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -136,9 +137,9 @@ class ChangeBuffer:
             wait=min(deadlines.values()) - now,
         )
 
-    def pending_rows(self, tables: Collection[str]) -> int:
-        """Rows waiting for `tables`."""
-        return sum(1 for table, _ in self._rows if table in tables)
+    def pending_rows(self) -> Counter[str]:
+        """Rows waiting, per table (one pass over the buffer)."""
+        return Counter(table for table, _ in self._rows)
 
     def drain(self) -> Batch:
         batch = Batch(

@@ -305,11 +305,8 @@ class Streamer:
     def _urgent_tables(self) -> list[str]:
         """Due tables whose waiting changes fit in one slice: small urgent changes."""
         fits = self._slices.size(0)
-        return [
-            table
-            for table in self._flush_decision().tables
-            if self._buffer.pending_rows([table]) <= fits
-        ]
+        waiting = self._buffer.pending_rows()
+        return [table for table in self._flush_decision().tables if waiting[table] <= fits]
 
     async def _apply(
         self,
