@@ -19,6 +19,7 @@ from cdc.embed import EmbeddingProvider
 from cdc.known import KnownRows, fingerprint
 from cdc.metrics import Metrics
 from cdc.plan import ChunkWork, RowState, SourceKey, WritePlan, plan_writes
+from cdc.positions import Position
 from cdc.progress import ResyncPosition
 from cdc.sink import DeadLetter, Sink, SinkWrite
 
@@ -59,7 +60,7 @@ class Applier:
         self,
         truncated: Sequence[str],
         rows: Sequence[RowState],
-        checkpoint: int | None,
+        checkpoint: Position | None,
         positions: Sequence[ResyncPosition] = (),
     ) -> ApplyResult:
         started = time.monotonic()

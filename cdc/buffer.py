@@ -3,7 +3,9 @@
 Committed transactions go in whole; the buffer keeps only the last state of each
 (table, source_id), so a row edited ten times before a flush is embedded once. It is bounded by
 rows and bytes: when it is full the reader stops reading (the server keeps the WAL) instead of
-the heap growing. A drain always ends at a transaction boundary and says which LSN it covers.
+the heap growing. A drain says which position it covers: a transaction boundary, or a point
+inside a transaction too large for the buffer, which arrives in parts
+(`cdc.transactions`, `cdc.positions`).
 
 Each table may set how long its changes may wait (`max_latency`): `flush_decision` says when to
 drain everything (the table holding back the checkpoint is due, or the buffer is full) and when
@@ -19,20 +21,22 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from cdc.changes import RowChange, TableTruncate, Transaction
+from cdc.lsn import Lsn
 from cdc.pgoutput import UNCHANGED_TOAST, Value
+from cdc.positions import Position
 
 
 @dataclass(slots=True)
 class Batch:
     """Everything drained at once: apply truncates first, then the row changes.
 
-    A `complete` batch holds every change up to `end_lsn`, so applying it lets the checkpoint
-    move there; a partial one (some tables only) moves nothing.
+    A `complete` batch holds every change up to `position`, so applying it lets the
+    checkpoint move there; a partial one (some tables only) moves nothing.
     """
 
     truncated: dict[str, TableTruncate]
     rows: list[RowChange]
-    end_lsn: int
+    position: Position
     transactions: int
     oldest_commit_time: int | None
     complete: bool = True
@@ -60,10 +64,11 @@ class FlushDecision:
 class ChangeBuffer:
     max_rows: int
     max_bytes: int
+    # The position covered once everything added so far is applied.
+    position: Position = field(default_factory=lambda: Position(Lsn(0)))
     _rows: dict[tuple[str, str], RowChange] = field(default_factory=dict)
     _truncated: dict[str, TableTruncate] = field(default_factory=dict)
     _bytes: int = 0
-    _end_lsn: int = 0
     _transactions: int = 0
     _first_added_at: float | None = None
     _pending: dict[str, _Pending] = field(default_factory=dict)
@@ -85,9 +90,11 @@ class ChangeBuffer:
         return len(self._rows) >= self.max_rows or self._bytes >= self.max_bytes
 
     @property
-    def end_lsn(self) -> int:
-        """The end LSN of the last transaction added (0 when empty)."""
-        return self._end_lsn
+    def room(self) -> int:
+        """Rows that may still be added before the buffer is full (at least 1)."""
+        if self._bytes >= self.max_bytes:
+            return 1
+        return max(1, self.max_rows - len(self._rows))
 
     @property
     def oldest_commit_time(self) -> int | None:
@@ -100,7 +107,8 @@ class ChangeBuffer:
         return 0.0 if self._first_added_at is None else now - self._first_added_at
 
     def add(self, transaction: Transaction, now: float) -> None:
-        """Add a committed transaction whole; it may overfill the buffer, never split it."""
+        """Add a committed transaction, or a part of one; it may overfill the buffer (the
+        caller hands on parts no larger than `room`)."""
         for change in transaction.changes:
             if isinstance(change, TableTruncate):
                 self._truncate(change)
@@ -108,7 +116,10 @@ class ChangeBuffer:
                 self._put(change)
             if change.table not in self._pending:
                 self._pending[change.table] = _Pending(now, transaction.commit_time)
-        self._end_lsn = transaction.end_lsn
+        if transaction.through is not None:
+            self.position = self.position.within(transaction.commit_lsn, transaction.through)
+        else:
+            self.position = self.position.after(transaction.end_lsn)
         self._transactions += 1
         if self._first_added_at is None:
             self._first_added_at = now
@@ -145,7 +156,7 @@ class ChangeBuffer:
         batch = Batch(
             truncated=self._truncated,
             rows=list(self._rows.values()),
-            end_lsn=self._end_lsn,
+            position=self.position,
             transactions=self._transactions,
             oldest_commit_time=self.oldest_commit_time,
         )
@@ -168,7 +179,7 @@ class ChangeBuffer:
         return Batch(
             truncated=truncated,
             rows=rows,
-            end_lsn=self._end_lsn,
+            position=self.position,
             transactions=0,
             oldest_commit_time=min((p.oldest_commit_time for p in drained), default=None),
             complete=False,

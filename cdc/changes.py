@@ -126,7 +126,12 @@ Change = RowChange | TableTruncate
 
 @dataclass(slots=True)
 class Transaction:
-    """A committed source transaction, reduced to the changes of configured tables."""
+    """A committed source transaction, reduced to the changes of configured tables.
+
+    A transaction too large for the buffer arrives in parts: each part has `through` set,
+    the count of the transaction's changes received so far (the part's and all before it),
+    and `end_lsn` 0, as its end is not known until its Commit arrives with the last part.
+    """
 
     xid: int
     commit_lsn: int
@@ -135,6 +140,11 @@ class Transaction:
     changes: list[Change]
     # Contents of wal2vec's own logical messages (resync watermarks) in this transaction.
     marks: list[bytes] = field(default_factory=list)
+    through: int | None = None
+
+    @property
+    def is_part(self) -> bool:
+        return self.through is not None
 
 
 def shape_for(

@@ -213,6 +213,9 @@ class Settings(BaseSettings):
     snapshot: SnapshotConfig = SnapshotConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    # Seconds from SIGTERM/SIGINT to exit, whatever is buffered: below Kubernetes' default
+    # 30 s grace period, so the pod is never SIGKILLed mid-write.
+    shutdown_timeout: float = Field(25.0, gt=0, le=3600)
 
     @property
     def sink_dsn(self) -> str:

@@ -3,8 +3,14 @@
 Two coroutines share one event loop. The reader drains every frame the socket holds per
 wake-up, decodes and assembles them synchronously (no task hop per message) and stops reading
 while the buffer is full. The flusher drains the buffer at transaction boundaries, applies the
-batch, and only then confirms its LSN to the server. Tables with a short `max_latency` are
-drained on their own when due, and go between the slices of a large batch (`cdc.slices`).
+batch, and only then confirms its LSN to the server (`cdc.positions` holds the rules). A
+transaction too large for the buffer is handed on in parts, each applied with a checkpoint
+inside the transaction. Tables with a short `max_latency` are drained on their own when due,
+and go between the slices of a large batch (`cdc.slices`).
+
+On stop, reading ends and what is buffered is applied within `shutdown_timeout`; a batch still
+in flight then is abandoned (its sink transaction rolls back) and the slot sends it again on
+the next start.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import AsyncConnection
 
@@ -30,10 +37,10 @@ from cdc.frames import (
     pg_timestamp,
     xlogdata_wal_end,
 )
-from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
 from cdc.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
 from cdc.plan import RowState
+from cdc.positions import Position, PositionRules
 from cdc.resync import ResyncWorker, new_windows
 from cdc.slices import SliceSizer, slice_target, supersede
 from cdc.source import SourceTable, fetch_rows
@@ -45,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # Standby status updates at least this often, so the server never times us out.
 STATUS_INTERVAL = 10.0
+# Of `shutdown_timeout`, the seconds kept back from the final flush to abandon a batch in
+# flight (cancelling its queries) and close the connections.
+SHUTDOWN_RESERVE = 5.0
 
 
 @dataclass
@@ -58,7 +68,7 @@ class Session:
     applier: Applier
     metrics: Metrics
     health: Health
-    checkpoint: Lsn
+    checkpoint: Position
     # End the session once no per-table resync is left (`cdc resync --table` with no `run`).
     exit_when_resynced: bool = False
 
@@ -81,8 +91,11 @@ class Streamer:
         )
         # Resync reads handed to the buffer, to be saved with the next batch applied.
         self._landing: list[ChunkRead] = []
+        self._positions = PositionRules(session.checkpoint)
         cfg = session.settings.buffer
-        self._buffer = ChangeBuffer(max_rows=cfg.max_rows, max_bytes=cfg.max_bytes)
+        self._buffer = ChangeBuffer(
+            max_rows=cfg.max_rows, max_bytes=cfg.max_bytes, position=session.checkpoint
+        )
         self._max_age = cfg.max_age
         self._latencies = {
             name: table.config.max_latency or cfg.max_age for name, table in session.tables.items()
@@ -94,7 +107,11 @@ class Streamer:
         self._assembler = TransactionAssembler(
             {name: table.config for name, table in session.tables.items()},
             {name: table.key_names for name, table in session.tables.items()},
+            changes_to_skip=self._positions.changes_to_skip,
         )
+        self._assembler.part_limit = self._buffer.room
+        # Frames read but not yet decoded: the buffer filled up while decoding them.
+        self._unread: list[memoryview] = []
         self._added = asyncio.Event()
         self._space = asyncio.Event()
         # Batches being applied, a stack: a full one, and a partial one between two of its
@@ -108,27 +125,55 @@ class Streamer:
         s = self._s
         # Everything up to the checkpoint is in the sink: start there (the server starts at
         # the slot's confirmed position if that is later).
-        s.stream.start(s.checkpoint)
+        s.stream.start(s.checkpoint.lsn)
         s.health.streaming = s.health.streaming_seen = True
         s.metrics.up.set(1)
-        log.info("streaming slot %s from %s", s.settings.source.slot, s.stream.confirmed)
+        log.info("streaming slot %s from %s", s.settings.source.slot, s.checkpoint)
         reader = asyncio.create_task(self._read_loop(), name="reader")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         resyncs = asyncio.create_task(self._resyncs.run(), name="resyncs")
-        tasks = {reader, flusher, resyncs}
+        stopping = asyncio.create_task(self._stop.wait(), name="stopping")
+        tasks = {reader, flusher, resyncs, stopping}
         try:
-            # The flusher ends last, after the final drain; any task's failure ends the session.
-            pending = set(tasks)
-            while flusher in pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
+            await self._until_flushed(flusher, tasks)
         finally:
             s.health.streaming = False
             s.metrics.up.set(0)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _until_flushed(
+        self, flusher: asyncio.Task[None], tasks: set[asyncio.Task[Any]]
+    ) -> None:
+        """Wait for the flusher to end (after the final drain); any task's failure ends the
+        session. Once stopping, the final drain has `shutdown_timeout` less a reserve: a batch
+        still in flight then is abandoned, rolled back, and sent again on the next start."""
+        deadline: float | None = None
+        pending = set(tasks)
+        while flusher in pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if self._stop.is_set() and deadline is None:
+                budget = self._s.settings.shutdown_timeout
+                deadline = time.monotonic() + max(budget - SHUTDOWN_RESERVE, budget / 2)
+            for task in done:
+                task.result()
+            if not done and flusher in pending:
+                self._abandon()
+                return
+
+    def _abandon(self) -> None:
+        in_flight = sum(len(batch.rows) for batch in self._in_flight)
+        log.warning(
+            "shutdown_timeout: abandoning %d rows being applied and %d buffered; the sink "
+            "stays at %s and the slot sends them again on the next start",
+            in_flight,
+            self._buffer.rows,
+            self._positions.checkpoint,
+        )
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -138,17 +183,17 @@ class Streamer:
             if self._buffer.full:
                 self._space.clear()
                 await self._wait_any(self._space, STATUS_INTERVAL)
-            else:
-                frames = stream.read_frames()
-                self._on_frames(frames)
-                # Published before waiting, so what was just read shows in /metrics at once.
                 self._heartbeat()
-                if len(frames) < MAX_FRAMES_PER_READ:
-                    await stream.wait_readable(min(STATUS_INTERVAL, 1.0))
-                else:
-                    await asyncio.sleep(0)
                 continue
+            fresh = not self._unread
+            frames = stream.read_frames() if fresh else self._unread
+            self._unread = self._on_frames(frames)
+            # Published before waiting, so what was just read shows in /metrics at once.
             self._heartbeat()
+            if fresh and not self._unread and len(frames) < MAX_FRAMES_PER_READ:
+                await stream.wait_readable(min(STATUS_INTERVAL, 1.0))
+            else:
+                await asyncio.sleep(0)  # libpq may hold more than the socket shows
         self._added.set()
 
     async def _wait_any(self, event: asyncio.Event, timeout: float) -> None:
@@ -158,16 +203,21 @@ class Streamer:
         stop.cancel()
         other.cancel()
 
-    def _on_frames(self, frames: list[memoryview]) -> None:
-        """Decode and assemble a batch of frames: the hot path, no await, no task hop."""
+    def _on_frames(self, frames: list[memoryview]) -> list[memoryview]:
+        """Decode and assemble a batch of frames: the hot path, no await, no task hop.
+        Returns the frames left undecoded because the buffer filled up."""
         decode, feed = self._decoder.decode, self._assembler.feed
         last_data: memoryview | None = None
-        for data in frames:
+        rest: list[memoryview] = []
+        for index, data in enumerate(frames):
             if is_xlogdata(data):
                 last_data = data
                 transaction = feed(decode(data[XLOGDATA_HEADER:]))
                 if transaction is not None:
                     self._accept(transaction)
+                    if self._buffer.full:
+                        rest = frames[index + 1 :]
+                        break
             else:
                 frame = parse_frame(data)
                 assert isinstance(frame, Keepalive)
@@ -175,9 +225,11 @@ class Streamer:
                 self._on_keepalive(frame)
         if last_data is not None:
             self._server_lsn = max(self._server_lsn, xlogdata_wal_end(last_data))
+        return rest
 
     def _accept(self, transaction: Transaction) -> None:
-        if transaction.end_lsn <= self._s.checkpoint:
+        end = None if transaction.is_part else transaction.end_lsn
+        if self._positions.already_applied(transaction.commit_lsn, end):
             return  # applied before a restart; the server may send it again
         counts = self._change_counts
         for change in transaction.changes:
@@ -189,13 +241,16 @@ class Streamer:
                 transaction.changes.extend(landed.changes)
                 self._landing.append(landed.read)
         self._buffer.add(transaction, time.monotonic())
+        self._assembler.part_limit = self._buffer.room
         self._added.set()
 
     def _on_keepalive(self, keepalive: Keepalive) -> None:
         # Nothing received is unapplied: the server's position is safe to confirm, so a quiet
         # publication does not make the server keep WAL for us.
-        if self._assembler.idle and self._buffer.empty and not self._in_flight:
-            self._s.stream.confirm(keepalive.wal_end)
+        nothing_pending = self._assembler.idle and self._buffer.empty and not self._in_flight
+        confirm = self._positions.keepalive(keepalive.wal_end, nothing_pending)
+        if confirm is not None:
+            self._s.stream.confirm(confirm)
             self._last_status = time.monotonic()
         elif keepalive.reply_requested:
             self._send_status()
@@ -261,19 +316,22 @@ class Streamer:
     async def _flush_all(self) -> None:
         """Apply everything buffered, then confirm the LSN it covers."""
         batch = self._buffer.drain()
+        self._assembler.part_limit = self._buffer.room
         reads, self._landing = self._landing, []
         self._space.set()
         self._in_flight.append(batch)
         await self._apply_in_slices(batch, reads)
-        self._s.checkpoint = Lsn(batch.end_lsn)
+        confirm = self._positions.applied(batch.position)
+        self._s.checkpoint = batch.position
         self._resyncs.landed(reads)
-        self._s.stream.confirm(batch.end_lsn)
+        self._s.stream.confirm(confirm)
         self._last_status = time.monotonic()
         self._in_flight.pop()
         self._publish_positions()  # lag falls the moment a batch lands
 
     async def _flush_partial(self, batch: Batch) -> None:
         """Apply some tables' changes ahead of the rest; the checkpoint stays where it is."""
+        self._assembler.part_limit = self._buffer.room
         self._space.set()
         self._in_flight.append(batch)
         await self._apply(list(batch.truncated), batch.rows, None)
@@ -290,7 +348,7 @@ class Streamer:
             last = not rows
             started = time.monotonic()
             await self._apply(
-                truncated, part, batch.end_lsn if last else None, reads if last else ()
+                truncated, part, batch.position if last else None, reads if last else ()
             )
             self._slices.observe(len(part), time.monotonic() - started)
             if last:
@@ -312,7 +370,7 @@ class Streamer:
         self,
         truncated: Sequence[str],
         changes: Sequence[RowChange],
-        checkpoint: int | None,
+        checkpoint: Position | None,
         reads: Sequence[ChunkRead] = (),
     ) -> None:
         rows = await self._row_states(changes)
@@ -322,7 +380,7 @@ class Streamer:
             log.debug(
                 "applied %d rows%s: %d embedded, %d removed, %d unchanged",
                 len(rows),
-                f" up to {Lsn(checkpoint)}" if checkpoint is not None else " ahead of the rest",
+                f" up to {checkpoint}" if checkpoint is not None else " ahead of the rest",
                 result.embedded,
                 result.removed,
                 result.unchanged,

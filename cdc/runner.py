@@ -23,10 +23,10 @@ from cdc.apply import Applier
 from cdc.config import Settings
 from cdc.embed import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
-from cdc.lsn import Lsn
 from cdc.metrics import Health, Metrics
 from cdc.monitor import observing
 from cdc.pipeline import Session, Streamer
+from cdc.positions import Position
 from cdc.provision import check_sink_shape, connect, ensure, ensure_indexes
 from cdc.resync import ResyncRequested
 from cdc.sink import Sink, SinkState
@@ -161,19 +161,19 @@ async def open_parts(
     )
 
 
-async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event) -> Lsn:
+async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event) -> Position:
     """The checkpoint to stream from, after taking the snapshot if it is not done."""
     state, slot = parts.state, parts.slot
     check_slot_usable(slot, state.snapshot_done, parts.settings.source.slot)
     if state.snapshot_done:
-        return state.checkpoint or Lsn(0)
+        return state.position
     if slot is not None:
         log.info("slot %s exists but its snapshot is not complete: taking it again", slot.name)
         parts.stream.drop_slot()
     snapshot = SnapshotParts(parts.settings, parts.sink, parts.applier, metrics, stop)
     checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
     await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)
-    return checkpoint
+    return Position(checkpoint)
 
 
 async def _session(  # noqa: PLR0917

@@ -89,6 +89,12 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
             "    updated_at timestamptz NOT NULL DEFAULT now()\n"
             ")"
         ).format(names.state),
+        # A transaction applied in part (too large for the buffer): its commit LSN and how
+        # many of its changes the sink holds. Added after 0.1, hence not in CREATE TABLE.
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS partial_commit_lsn pg_lsn, "
+            "ADD COLUMN IF NOT EXISTS partial_changes bigint NOT NULL DEFAULT 0"
+        ).format(names.state),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (\n"
             "    source_table text NOT NULL,\n"

@@ -21,6 +21,7 @@ from cdc.config import Settings
 from cdc.embed import Vector
 from cdc.lsn import Lsn
 from cdc.plan import ChunkWork, RowState, SourceKey, StoredChunk
+from cdc.positions import Position
 from cdc.progress import ProgressStore, ResyncPosition
 from cdc.schema import SinkNames
 
@@ -34,6 +35,14 @@ class SinkState:
     snapshot_done: bool
     model: str | None
     dimensions: int | None
+    # A transaction applied in part: its commit LSN and how many of its changes are here.
+    partial_commit: Lsn | None = None
+    partial_changes: int = 0
+
+    @property
+    def position(self) -> Position:
+        """Where streaming resumes: everything up to here is in the sink."""
+        return Position(self.checkpoint or Lsn(0), self.partial_commit, self.partial_changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +65,7 @@ class SinkWrite:
     landed: list[SourceKey] = field(default_factory=list)
     # Per-table resync positions this write covers: saved with it.
     positions: list[ResyncPosition] = field(default_factory=list)
-    checkpoint: int | None = None
+    checkpoint: Position | None = None
 
     def is_empty(self) -> bool:
         return not (
@@ -107,6 +116,8 @@ class Sink:
         # `writer_lock`.
         self._lock_name = f"wal2vec writer {settings.sink.schema_} {self._slot}"
         self._stage_ready = False
+        # Whether the saved checkpoint may be inside a transaction (until known, assume so).
+        self._partial_saved = True
         self.progress = ProgressStore(conn, self._names, self._slot)
 
     @classmethod
@@ -139,14 +150,17 @@ class Sink:
 
     async def load_state(self) -> SinkState:
         query = sql.SQL(
-            "SELECT checkpoint_lsn::text, snapshot_done, model, dimensions FROM {} WHERE slot = %s"
+            "SELECT checkpoint_lsn::text, snapshot_done, model, dimensions, "
+            "partial_commit_lsn::text, partial_changes FROM {} WHERE slot = %s"
         ).format(self._names.state)
         async with self._conn.transaction():
             row = await (await self._conn.execute(query, (self._slot,))).fetchone()
         if row is None:
             return SinkState(None, False, None, None)
         checkpoint = Lsn.parse(row[0]) if row[0] else None
-        return SinkState(checkpoint, bool(row[1]), row[2], row[3])
+        partial = Lsn.parse(row[4]) if row[4] else None
+        self._partial_saved = partial is not None
+        return SinkState(checkpoint, bool(row[1]), row[2], row[3], partial, int(row[5] or 0))
 
     async def dead_letter_count(self) -> int:
         query = sql.SQL("SELECT count(*) FROM {}").format(self._names.dead_letters)
@@ -192,8 +206,10 @@ class Sink:
 
         A batch that changes nothing is not written at all: the confirmed position the server
         keeps already covers it, and the checkpoint only guards changes that were written.
+        Inside a large transaction the server confirms nothing, so there the checkpoint is
+        written anyway: a restart then resumes where it stands, not at the transaction's start.
         """
-        if batch.is_empty():
+        if batch.is_empty() and not self._must_save(batch.checkpoint):
             return
         async with self._conn.transaction():
             await self._conn.execute(
@@ -379,17 +395,30 @@ class Sink:
         async with self._conn.cursor() as cursor:
             await cursor.executemany(query, params)
 
-    async def _save_checkpoint(self, lsn: int) -> None:
+    def _must_save(self, checkpoint: Position | None) -> bool:
+        """Whether a checkpoint with nothing else to write must still be saved: one inside a
+        transaction, or the one that ends the transaction a saved one is inside."""
+        return checkpoint is not None and (checkpoint.is_partial or self._partial_saved)
+
+    async def _save_checkpoint(self, position: Position) -> None:
         query = sql.SQL(
-            "INSERT INTO {} (slot, checkpoint_lsn, model, dimensions) "
-            "VALUES (%s, %s::pg_lsn, %s, %s) "
+            "INSERT INTO {} (slot, checkpoint_lsn, partial_commit_lsn, partial_changes, "
+            "model, dimensions) VALUES (%s, %s::pg_lsn, %s::pg_lsn, %s, %s, %s) "
             "ON CONFLICT (slot) DO UPDATE SET checkpoint_lsn = EXCLUDED.checkpoint_lsn, "
-            "updated_at = now()"
+            "partial_commit_lsn = EXCLUDED.partial_commit_lsn, "
+            "partial_changes = EXCLUDED.partial_changes, updated_at = now()"
         ).format(self._names.state)
         embedding = self._settings.embedding
-        await self._conn.execute(
-            query, (self._slot, _lsn_text(lsn), embedding.model, embedding.dimensions)
+        params = (
+            self._slot,
+            _lsn_text(position.lsn),
+            _lsn_text(position.partial_commit),
+            position.partial_changes,
+            embedding.model,
+            embedding.dimensions,
         )
+        await self._conn.execute(query, params)
+        self._partial_saved = position.is_partial
 
     async def mark_snapshot(self, done: bool, checkpoint: int | None) -> None:
         """Record that a snapshot began (done=False, no checkpoint) or completed at `checkpoint`.
@@ -402,8 +431,7 @@ class Sink:
             "INSERT INTO {} (slot, checkpoint_lsn, snapshot_done, model, dimensions) "
             "VALUES (%s, %s::pg_lsn, %s, %s, %s) ON CONFLICT (slot) DO UPDATE SET "
             "checkpoint_lsn = EXCLUDED.checkpoint_lsn, snapshot_done = EXCLUDED.snapshot_done, "
-            + model_update
-            + "updated_at = now()"
+            "partial_commit_lsn = NULL, partial_changes = 0, " + model_update + "updated_at = now()"
         ).format(self._names.state)
         embedding = self._settings.embedding
         async with self._conn.transaction():

@@ -28,18 +28,18 @@ class CreatedSlot:
 
 
 def protocol_options(server_version: int, publication: str) -> tuple[str, ...]:
-    """pgoutput options for this server: protocol 4 with streaming on 16+, older where needed."""
-    if server_version >= 160000:
-        version, streaming = "4", "on"
-    elif server_version >= 150000:
-        version, streaming = "3", "on"
-    elif server_version >= 140000:
-        version, streaming = "2", "on"
-    else:
-        version, streaming = "1", None
+    """pgoutput options for this server.
+
+    Transactions in progress are not streamed (`streaming` stays off): wal2vec could apply
+    none of such a transaction before its commit, so it would have to hold all of it. Left to
+    the server, a large transaction spills to disk under `logical_decoding_work_mem` and is
+    sent once committed, when it can be applied in parts as it arrives (`cdc.transactions`).
+    """
+    version = "4" if server_version >= 160000 else "3" if server_version >= 150000 else "2"
+    if server_version < 140000:
+        version = "1"
     options = [f"proto_version '{version}'", f"publication_names '{_quote(publication)}'"]
-    if streaming:
-        options.append(f"streaming '{streaming}'")
+    if server_version >= 140000:
         # Logical messages carry the watermarks of per-table resyncs (PostgreSQL 14+).
         options.append("messages 'true'")
     return tuple(options)

@@ -4,11 +4,17 @@ A pure state machine. Plain transactions run Begin..Commit; streamed ones (large
 the server sends before they commit) arrive in Stream Start..Stream Stop blocks, possibly
 interleaved, and end with Stream Commit or Stream Abort. Aborted work, of a whole transaction or
 of a rolled-back savepoint, vanishes here and never reaches the buffer.
+
+A plain transaction is sent only once it committed (its Begin carries the commit LSN), so it
+can be handed on in parts before its Commit arrives: once it holds `part_limit` changes, `feed`
+returns what it has as a part (`Transaction.through`), and memory stays bounded whatever the
+transaction's size. After a restart, the changes of a transaction the sink already holds in
+part are skipped (`changes_to_skip`), counted the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cdc.changes import (
@@ -50,6 +56,22 @@ class _Open:
     marks: list[bytes] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _OpenPlain(_Open):
+    """A plain transaction: committed already, so it may be handed on in parts."""
+
+    commit_lsn: int = 0
+    commit_time: int = 0
+    # Change messages received (configured or not; before skipping), and how many of the
+    # first ones the sink already holds.
+    received: int = 0
+    skip: int = 0
+
+
+def _skip_none(commit_lsn: int) -> int:
+    return 0
+
+
 class TransactionAssembler:
     """Feeds on decoded messages; `feed` returns a `Transaction` when one commits."""
 
@@ -57,12 +79,18 @@ class TransactionAssembler:
         self,
         tables: Mapping[str, TableConfig],
         keys: Mapping[str, tuple[str, ...]] | None = None,
+        *,
+        changes_to_skip: Callable[[int], int] = _skip_none,
     ) -> None:
         self._tables = tables
         # Primary key columns per table, from the catalog; else the relation's key flags.
         self._keys = keys or {}
+        self._changes_to_skip = changes_to_skip
+        # A plain transaction holding this many changes is handed on as a part; the caller
+        # sets it to the room left in its buffer.
+        self.part_limit = 1 << 62
         self._shapes: dict[int, TableShape | None] = {}
-        self._plain: _Open | None = None
+        self._plain: _OpenPlain | None = None
         self._streamed: dict[int, _Open] = {}
         self._current_stream: _Open | None = None
 
@@ -71,12 +99,29 @@ class TransactionAssembler:
         """No transaction is open: everything received so far has been handed on."""
         return self._plain is None and not self._streamed
 
+    @property
+    def open_changes(self) -> int:
+        """Changes held for the open plain transaction, not yet handed on."""
+        return 0 if self._plain is None else len(self._plain.changes)
+
     def feed(self, message: Message) -> Transaction | None:
         if isinstance(message, Update | Insert | Delete | Truncate):
+            plain = self._plain
+            if self._current_stream is None and plain is not None:
+                plain.received += 1
+                if plain.received <= plain.skip:
+                    return None  # in the sink already: applied in part before a restart
             self._add_change(message)
+            if plain is not None and len(plain.changes) >= self.part_limit:
+                return self.take_part()
             return None
         if isinstance(message, Begin):
-            self._plain = _Open(message.xid)
+            self._plain = _OpenPlain(
+                message.xid,
+                commit_lsn=message.final_lsn,
+                commit_time=message.commit_time,
+                skip=self._changes_to_skip(message.final_lsn),
+            )
         elif isinstance(message, Commit):
             return self._commit_plain(message)
         elif isinstance(message, Relation):
@@ -93,6 +138,18 @@ class TransactionAssembler:
             self._add_mark(message)
         # Origin, Type, logical messages and two-phase messages carry nothing to embed.
         return None
+
+    def take_part(self) -> Transaction | None:
+        """What the open plain transaction holds so far, as a part; None if it holds nothing."""
+        plain = self._plain
+        if plain is None or not (plain.changes or plain.marks):
+            return None
+        changes, marks = plain.changes, plain.marks
+        plain.changes, plain.marks = [], []
+        _stamp(changes, plain.commit_lsn, plain.commit_time)
+        return Transaction(
+            plain.xid, plain.commit_lsn, 0, plain.commit_time, changes, marks, plain.received
+        )
 
     def _shape(self, relation: Relation) -> TableShape | None:
         name = f"{relation.namespace}.{relation.name}"
@@ -162,12 +219,16 @@ class TransactionAssembler:
 
 
 def _committed(opened: _Open, commit_lsn: int, end_lsn: int, commit_time: int) -> Transaction:
-    # Changes learn their commit position only now; stamping them is cheaper than building
-    # them here from the messages.
-    for change in opened.changes:
+    _stamp(opened.changes, commit_lsn, commit_time)
+    return Transaction(opened.xid, commit_lsn, end_lsn, commit_time, opened.changes, opened.marks)
+
+
+def _stamp(changes: list[Change], commit_lsn: int, commit_time: int) -> None:
+    # Changes learn their commit position only when handed on; stamping them is cheaper than
+    # building them here from the messages.
+    for change in changes:
         change.commit_lsn = commit_lsn
         change.commit_time = commit_time
-    return Transaction(opened.xid, commit_lsn, end_lsn, commit_time, opened.changes, opened.marks)
 
 
 def _row_changes(shape: TableShape, message: Insert | Update | Delete) -> list[Change]:

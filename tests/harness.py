@@ -126,7 +126,10 @@ class Deployment:
             "buffer": {"max_age": 0.05},
         }
         for section, values in self.extra.items():
-            config.setdefault(section, {}).update(values)
+            if isinstance(values, dict):
+                config.setdefault(section, {}).update(values)
+            else:  # a top-level setting, e.g. shutdown_timeout
+                config[section] = values
         self.config_path.write_text(yaml.safe_dump(config))
         return self.config_path
 

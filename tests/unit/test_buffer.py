@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from cdc.buffer import ChangeBuffer
 from cdc.changes import RowChange, TableTruncate, Transaction
+from cdc.lsn import Lsn
 from cdc.pgoutput import UNCHANGED_TOAST
+from cdc.positions import Position
 
 
 def change(source_id: str, op: str = "update", content=("t", "b"), lsn: int = 1) -> RowChange:
@@ -39,7 +41,7 @@ def test_last_write_wins_per_row_and_drain_covers_the_last_transaction() -> None
     buffer.add(txn(20, change("1", content=("a", "2")), change("2")), now=1)
     assert buffer.rows == 2
     batch = buffer.drain()
-    assert batch.end_lsn == 20 and batch.transactions == 2
+    assert batch.position.lsn == 20 and batch.transactions == 2
     assert [(c.source_id, c.content) for c in batch.rows] == [("1", ("a", "2")), ("2", ("t", "b"))]
     assert buffer.empty and buffer.rows == 0 and buffer.bytes == 0
 
@@ -103,7 +105,7 @@ def test_empty_transactions_still_move_the_covered_lsn() -> None:
     buffer.add(txn(10), now=0)
     assert not buffer.empty
     batch = buffer.drain()
-    assert batch.end_lsn == 10 and batch.rows == [] and batch.oldest_commit_time is None
+    assert batch.position.lsn == 10 and batch.rows == [] and batch.oldest_commit_time is None
 
 
 def in_table(table: str, source_id: str, content: tuple[str, ...] = ("t", "b")) -> RowChange:
@@ -141,7 +143,7 @@ def test_a_table_due_before_the_oldest_goes_alone_and_covers_no_lsn() -> None:
     assert decide(buffer, now=59.0).wait == 1.0
     assert decide(buffer, now=60.0).drain_all
     full = buffer.drain()
-    assert full.complete and full.end_lsn == 20 and len(full.rows) == 2
+    assert full.complete and full.position.lsn == 20 and len(full.rows) == 2
 
 
 def test_when_the_oldest_table_is_due_everything_goes() -> None:
@@ -175,3 +177,28 @@ def test_a_partial_drain_takes_the_tables_truncate_too() -> None:
     assert [c.source_id for c in partial.rows] == ["2"]
     rest = buffer.drain()
     assert rest.truncated == {} and [c.table for c in rest.rows] == ["public.comments"]
+
+
+def part(commit_lsn: int, through: int, *changes: RowChange) -> Transaction:
+    return Transaction(
+        xid=commit_lsn,
+        commit_lsn=commit_lsn,
+        end_lsn=0,
+        commit_time=commit_lsn,
+        changes=list(changes),
+        through=through,
+    )
+
+
+def test_parts_of_a_large_transaction_move_the_position_inside_it() -> None:
+    buffer = ChangeBuffer(max_rows=2, max_bytes=10**6, position=Position(Lsn(10)))
+    buffer.add(part(50, 2, change("1"), change("2")), now=0)
+    assert buffer.full and buffer.room == 1
+    batch = buffer.drain()
+    assert batch.position == Position(Lsn(10), Lsn(50), 2)
+    assert buffer.room == 2
+    buffer.add(part(50, 3, change("3")), now=1)
+    assert buffer.drain().position == Position(Lsn(10), Lsn(50), 3)
+    # The last part comes with the Commit: the position is the transaction's end.
+    buffer.add(txn(60, change("4")), now=2)
+    assert buffer.drain().position == Position(Lsn(60))

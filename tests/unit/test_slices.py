@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from cdc.buffer import Batch
 from cdc.changes import TableTruncate
+from cdc.lsn import Lsn
+from cdc.positions import Position
 from cdc.slices import MIN_SLICE_ROWS, SliceSizer, slice_target, supersede
 from tests.unit.test_buffer import in_table
 
@@ -43,7 +45,7 @@ def test_newer_changes_and_truncates_supersede_what_is_left_to_apply() -> None:
     newer = Batch(
         truncated={"public.posts": TableTruncate("public.posts", 99, 99)},
         rows=[in_table("public.courses", "2", content=("new", "text"))],
-        end_lsn=100,
+        position=Position(Lsn(100)),
         transactions=0,
         oldest_commit_time=None,
         complete=False,

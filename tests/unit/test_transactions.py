@@ -229,3 +229,80 @@ def test_replica_identity_full_uses_the_primary_key_not_every_flagged_column() -
     assert txn is not None
     [change] = txn.changes
     assert isinstance(change, RowChange) and (change.source_id, change.op) == ("1", "update")
+
+
+# ---- large plain transactions, handed on in parts -------------------------------------------
+
+
+def ids(txn: object) -> list[str]:
+    return [c.source_id for c in txn.changes if isinstance(c, RowChange)]  # type: ignore[attr-defined]
+
+
+def test_a_plain_transaction_over_the_part_limit_is_handed_on_in_parts() -> None:
+    a = assembler()
+    a.part_limit = 2
+    a.feed(Begin(final_lsn=500, commit_time=10, xid=7))
+    assert a.feed(Insert(None, 16384, row("1"))) is None
+    first = a.feed(Insert(None, 16384, row("2")))
+    assert first is not None and first.is_part and ids(first) == ["1", "2"]
+    # A part knows its commit LSN (from Begin) but not yet its end, and how far it reaches.
+    assert (first.commit_lsn, first.end_lsn, first.through) == (500, 0, 2)
+    assert first.changes[0].commit_lsn == 500 and first.changes[0].commit_time == 10
+    assert not a.idle  # the transaction is still open
+    a.feed(Insert(None, 99, (5,)))  # another table's change still counts as received
+    assert a.feed(Insert(None, 16384, row("3"))) is None
+    last = a.feed(Commit(0, commit_lsn=500, end_lsn=560, commit_time=10))
+    assert last is not None and not last.is_part and ids(last) == ["3"]
+    assert last.end_lsn == 560 and a.idle
+
+
+def test_a_part_counts_every_change_message_received_so_far() -> None:
+    a = assembler()
+    a.part_limit = 1
+    a.feed(Begin(final_lsn=500, commit_time=10, xid=7))
+    a.feed(Insert(None, 99, (1,)))
+    a.feed(Insert(None, 99, (2,)))
+    part = a.feed(Insert(None, 16384, row("1")))
+    assert part is not None and part.through == 3
+
+
+def test_take_part_hands_on_what_is_held_and_nothing_when_empty() -> None:
+    a = assembler()
+    assert a.take_part() is None  # no transaction open
+    a.feed(Begin(final_lsn=500, commit_time=10, xid=7))
+    assert a.take_part() is None  # open, but nothing held
+    a.feed(Insert(None, 16384, row("1")))
+    assert a.open_changes == 1
+    part = a.take_part()
+    assert part is not None and ids(part) == ["1"] and part.through == 1
+    assert a.open_changes == 0
+
+
+def test_after_a_restart_the_changes_already_in_the_sink_are_skipped() -> None:
+    # The sink holds the first 2 changes of the transaction committed at 500.
+    a = TransactionAssembler(
+        {"public.articles": ARTICLES}, changes_to_skip=lambda lsn: 2 if lsn == 500 else 0
+    )
+    a.feed(RELATION)
+    a.feed(OTHER)
+    a.feed(Begin(final_lsn=500, commit_time=10, xid=7))
+    for id_ in ("1", "2", "3", "4"):
+        a.feed(Insert(None, 16384, row(id_)))
+    txn = a.feed(Commit(0, commit_lsn=500, end_lsn=560, commit_time=10))
+    assert txn is not None and ids(txn) == ["3", "4"]
+    # Another transaction is not touched.
+    a.feed(Begin(final_lsn=600, commit_time=11, xid=8))
+    a.feed(Insert(None, 16384, row("5")))
+    other = a.feed(Commit(0, commit_lsn=600, end_lsn=660, commit_time=11))
+    assert other is not None and ids(other) == ["5"]
+
+
+def test_parts_after_a_restart_count_from_the_start_of_the_transaction() -> None:
+    a = TransactionAssembler({"public.articles": ARTICLES}, changes_to_skip=lambda lsn: 2)
+    a.feed(RELATION)
+    a.part_limit = 2
+    a.feed(Begin(final_lsn=500, commit_time=10, xid=7))
+    parts = [a.feed(Insert(None, 16384, row(str(i)))) for i in range(1, 7)]
+    handed = [p for p in parts if p is not None]
+    assert [ids(p) for p in handed] == [["3", "4"], ["5", "6"]]
+    assert [p.through for p in handed] == [4, 6]
