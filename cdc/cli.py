@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -179,7 +180,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     metrics, health, stop = Metrics(), Health(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _stopper(stop, signum))
+        loop.add_signal_handler(signum, _stopper(stop, signum, deadline=settings.shutdown_timeout))
     server = await serve_http(metrics, health, settings.metrics.host, settings.metrics.port)
     port = server.sockets[0].getsockname()[1]
     log.info("metrics on http://%s:%d/metrics", settings.metrics.host, port)
@@ -229,12 +230,27 @@ def _configured_tables(settings: Settings, names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
+def _stopper(stop: asyncio.Event, signum: int, deadline: float | None = None) -> Callable[[], None]:
+    """A signal handler that asks for a clean stop; with `deadline`, one that also exits the
+    process once that many seconds have passed, wherever the stop stands."""
+
     def request_stop() -> None:
+        if stop.is_set():
+            return
         log.info("%s received: draining the buffer, then stopping", signal.Signals(signum).name)
         stop.set()
+        if deadline is not None:
+            asyncio.get_running_loop().call_later(deadline, _exit_now, deadline)
 
     return request_stop
+
+
+def _exit_now(deadline: float) -> None:
+    # A last resort: the streamer abandons its batch in flight before this. Exiting here is
+    # safe all the same, as nothing unapplied was ever confirmed to the server.
+    log.warning("still stopping after shutdown_timeout (%.0fs): exiting now", deadline)
+    logging.shutdown()
+    os._exit(EXIT_OK)
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
