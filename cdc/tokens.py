@@ -32,6 +32,10 @@ _CONTINUATION_MASK, _CONTINUATION = 0xC0, 0x80
 MIN_CHUNK_TOKENS = 16
 
 
+# Texts tokenized at once by `Tokenizer.count`.
+COUNT_GROUP = 256
+
+
 def encoding_name(model: str, tokenizer: str | None) -> str:
     """The tiktoken encoding for `model`: `tokenizer` if set, else tiktoken's, else cl100k_base."""
     if tokenizer:
@@ -92,7 +96,13 @@ class Tokenizer:
         """Each text's token count (special-token text counted as plain text, as the API does)."""
         if len(texts) == 1:
             return [len(self.encoding.encode_ordinary(texts[0]))]
-        return [len(tokens) for tokens in self.encoding.encode_ordinary_batch(list(texts))]
+        # In groups: the token lists exist only to be counted, and 20,000 texts' lists at
+        # once would hold ~100 MB of Python ints.
+        counts: list[int] = []
+        for start in range(0, len(texts), COUNT_GROUP):
+            group = list(texts[start : start + COUNT_GROUP])
+            counts += [len(tokens) for tokens in self.encoding.encode_ordinary_batch(group)]
+        return counts
 
     def split(self, text: str, size: int, overlap: int = 0) -> list[Piece]:
         """`text` as windows of at most `size` tokens; one piece when it fits. Empty: none.
