@@ -10,18 +10,20 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from prometheus_client import disable_created_metrics
 
 from cdc import __version__
-from cdc.config import Settings, load_config
+from cdc.config import Settings, known_secrets, load_config
 from cdc.content import tokenizer_for
 from cdc.embed import EmbeddingProvider, OpenAIProvider, RetryPolicy
 from cdc.errors import CdcError, ConfigError
-from cdc.logs import configure_logging
+from cdc.logs import Scrubber, configure_logging, scrubbed_output
 from cdc.metrics import Health, Metrics, serve_http
 
 log = logging.getLogger("cdc")
@@ -35,20 +37,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    # Every line this command prints or logs passes through it: patterns, and the secret
+    # values known from the environment and, once loaded, the configuration.
+    scrubber = Scrubber(known_secrets(None, os.environ))
     try:
         if args.command == "demo":  # builds its own configuration
-            configure_logging(args.log_level or "warning", args.log_format or "text")
-            return int(asyncio.run(_demo(args)))
+            configure_logging(args.log_level or "warning", args.log_format or "text", scrubber)
+            with scrubbed_output(scrubber):
+                return int(asyncio.run(_demo(args)))
         settings = load_config(args.config)
+        scrubber = scrubber.with_secrets(known_secrets(settings, os.environ))
         configure_logging(
-            args.log_level or settings.log.level, args.log_format or settings.log.format
+            args.log_level or settings.log.level, args.log_format or settings.log.format, scrubber
         )
-        result: int = asyncio.run(args.handler(settings, args))
+        with scrubbed_output(scrubber):
+            result: int = asyncio.run(args.handler(settings, args))
         return result
     except CdcError as error:
-        print(f"cdc {args.command}: {error.message}", file=sys.stderr)
+        print(f"cdc {args.command}: {scrubber(error.message)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        return EXIT_PROBLEM
+    except Exception:
+        # A bug: its traceback helps, but what it quotes may hold a secret.
+        print(scrubber(traceback.format_exc()), end="", file=sys.stderr)
         return EXIT_PROBLEM
 
 
