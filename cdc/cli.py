@@ -43,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":  # builds its own configuration
             configure_logging(args.log_level or "warning", args.log_format or "text", scrubber)
-            with scrubbed_output(scrubber):
-                return int(asyncio.run(_demo(args)))
+            return int(asyncio.run(_demo(args)))
         settings = load_config(args.config)
         scrubber = scrubber.with_secrets(known_secrets(settings, os.environ))
         configure_logging(
