@@ -42,7 +42,7 @@ REQUEST_OUTCOMES = ("ok", "400", "429", "500", "502", "503", "504", "timeout", "
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing")
 # Request outcomes the provider retries: HTTP 408, 409, 429, 5xx, timeouts, dropped connections.
 _RETRIED_HTTP = frozenset({"408", "409", "429"})
-_RETRIED_OTHER = frozenset({"timeout", "connection"})
+_RETRIED_OTHER = frozenset({"timeout", "connection", "malformed"})
 
 
 class Positions:
