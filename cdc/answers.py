@@ -81,7 +81,7 @@ def parse_answer(body: bytes, content_type: str | None, expected: int, dimension
     except ValueError as error:  # JSONDecodeError, and UnicodeDecodeError for binary junk
         reason = describe_body(content_type, body)
         if isinstance(error, json.JSONDecodeError) and not is_html(content_type, body):
-            reason += f", {error.msg} at character {error.pos}"
+            reason += f", {error.msg} (character {error.pos})"
         raise MalformedAnswer(reason) from None
     if not isinstance(document, Mapping) or not isinstance(document.get("data"), list):
         raise MalformedAnswer(f"JSON without a `data` list of embeddings ({_shape(document)})")
