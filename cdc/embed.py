@@ -375,17 +375,19 @@ class OpenAIProvider:
                 failure, retry_after = f"connection error ({_cause(exc)})", None
             else:
                 answer = self._read(raw.content, raw.headers.get("content-type"), len(batch))
-                if isinstance(answer, Answer):
+                last = attempt >= self._retry.max_attempts
+                if isinstance(answer, Answer) and (not answer.faults or last):
                     self._observe("ok", started)
                     tally.tokens += answer.tokens
-                    if not answer.faults:
-                        return [vector for vector in answer.vectors if vector is not None]
-                    if attempt >= self._retry.max_attempts:
+                    if answer.faults:
                         return _Partial(answer.vectors, answer.faults)
-                    failure = f"NaN or infinite values in {len(answer.faults)} embeddings"
-                else:
-                    self._observe("malformed", started)
-                    failure = f"a malformed answer: {answer}"
+                    return [vector for vector in answer.vectors if vector is not None]
+                self._observe("malformed", started)
+                failure = (
+                    f"NaN or infinite values in {len(answer.faults)} embeddings"
+                    if isinstance(answer, Answer)
+                    else f"a malformed answer: {answer}"
+                )
                 retry_after = None
             await self._back_off(attempt, failure, retry_after)
 
