@@ -13,16 +13,17 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from prometheus_client import disable_created_metrics
 
 from cdc import __version__
-from cdc.config import Settings, load_config
+from cdc.config import Settings, known_secrets, load_config
 from cdc.content import tokenizer_for
 from cdc.embed import EmbeddingProvider, OpenAIProvider, RetryPolicy
 from cdc.errors import CdcError, ConfigError
-from cdc.logs import configure_logging
+from cdc.logs import Scrubber, configure_logging, scrubbed_output
 from cdc.metrics import Health, Metrics, serve_http
 
 log = logging.getLogger("cdc")
@@ -36,20 +37,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    # Every line this command prints or logs passes through it: patterns, and the secret
+    # values known from the environment and, once loaded, the configuration.
+    scrubber = Scrubber(known_secrets(None, os.environ))
     try:
         if args.command == "demo":  # builds its own configuration
-            configure_logging(args.log_level or "warning", args.log_format or "text")
+            configure_logging(args.log_level or "warning", args.log_format or "text", scrubber)
             return int(asyncio.run(_demo(args)))
         settings = load_config(args.config)
+        scrubber = scrubber.with_secrets(known_secrets(settings, os.environ))
         configure_logging(
-            args.log_level or settings.log.level, args.log_format or settings.log.format
+            args.log_level or settings.log.level, args.log_format or settings.log.format, scrubber
         )
-        result: int = asyncio.run(args.handler(settings, args))
+        with scrubbed_output(scrubber):
+            result: int = asyncio.run(args.handler(settings, args))
         return result
     except CdcError as error:
-        print(f"cdc {args.command}: {error.message}", file=sys.stderr)
+        print(f"cdc {args.command}: {scrubber(error.message)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        return EXIT_PROBLEM
+    except Exception:
+        # A bug: its traceback helps, but what it quotes may hold a secret.
+        print(scrubber(traceback.format_exc()), end="", file=sys.stderr)
         return EXIT_PROBLEM
 
 
@@ -58,10 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="cdc", description="Keep pgvector embeddings in step with PostgreSQL."
     )
     parser.add_argument("--version", action="version", version=f"wal2vec {__version__}")
+    # Before the command (`cdc --config x status`) or after it (`cdc status --config x`); after
+    # it, a value is set only when given, so it never hides one given before.
+    _global_options(parser, config=True, default=None)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="configuration file (default: $CDC_CONFIG)")
-    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    common.add_argument("--log-format", choices=["text", "json"])
+    _global_options(common, config=True, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     setup = commands.add_parser("setup", parents=[common], help="check the source, create objects")
@@ -119,14 +130,24 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="the whole thing on an embedded PostgreSQL with a local model (no --config)",
     )
-    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    demo.add_argument("--log-format", choices=["text", "json"])
+    _global_options(demo, config=False, default=argparse.SUPPRESS)
 
     teardown = commands.add_parser("teardown", parents=[common], help="drop the slot")
     teardown.add_argument("--all", action="store_true", help="also drop the publication")
     teardown.set_defaults(handler=_teardown)
     _search_parsers(commands, common)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, config: bool, default: object) -> None:
+    if config:
+        parser.add_argument(
+            "--config", default=default, help="configuration file (default: $CDC_CONFIG)"
+        )
+    parser.add_argument(
+        "--log-level", default=default, choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default=default, choices=["text", "json"])
 
 
 async def _setup(settings: Settings, args: argparse.Namespace) -> int:
@@ -353,14 +374,25 @@ def _search_parsers(
 
 
 async def _search(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.search import hits_json, parse_where, render_hits, search
+    from cdc.search import check_search, hits_json, parse_where, render_hits, search
 
     where = parse_where(args.where)
-    provider = make_provider(settings)
-    try:
-        hits = await search(settings, provider, args.text, table=args.table, k=args.k, where=where)
-    finally:
-        await provider.aclose()
+    # The arguments and the sink first: a mistake there is named before a model loads.
+    if not await check_search(settings, args.text, table=args.table, k=args.k, where=where):
+        print(
+            "cdc search: the sink holds no vectors yet: `cdc run` embeds the rows "
+            "(see `cdc status`)",
+            file=sys.stderr,
+        )
+        hits = []
+    else:
+        provider = make_provider(settings)
+        try:
+            hits = await search(
+                settings, provider, args.text, table=args.table, k=args.k, where=where
+            )
+        finally:
+            await provider.aclose()
     print(json.dumps(hits_json(hits), indent=2) if args.json else render_hits(hits))
     return EXIT_OK
 

@@ -12,9 +12,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.content import ContentRule
 from cdc.errors import ConfigError
+from cdc.logs import Scrubber
 
 ENV_PREFIX = "CDC_"
 ENV_CONFIG_PATH = "CDC_CONFIG"
@@ -337,6 +339,8 @@ def _describe(error: ValidationError, origin: str) -> str:
 
 
 def _check_consistency(settings: Settings) -> None:
+    _check_dsn("source.dsn", settings.source.dsn)
+    _check_dsn("sink.dsn", settings.sink.dsn)
     if settings.source.plugin != "pgoutput":
         raise ConfigError(
             f"source.plugin: {settings.source.plugin} is not supported by this version; "
@@ -375,11 +379,52 @@ def _check_chunking(embedding: EmbeddingConfig, table: TableConfig, index: int) 
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, fit for logs and error messages."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn)
+    """The DSN with any password replaced, fit for logs and error messages: in the URI's user
+    part or query, or as a keyword (quoted or not)."""
+    return Scrubber(filter(None, [dsn_password(dsn)]))(dsn)
+
+
+def dsn_password(dsn: str | None) -> str | None:
+    """The password a DSN (URI or keywords) carries, as libpq reads it, or None."""
+    if not dsn:
+        return None
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return str(password) if password else None
+
+
+# Environment variables whose values are secrets, wherever they would show.
+SECRET_VARIABLES = ("PGPASSWORD", "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
+
+
+def known_secrets(settings: Settings | None, environ: Mapping[str, str]) -> list[str]:
+    """Every secret value this process may hold: the configured passwords and API key, and
+    the environment's (also before the configuration loaded, when `settings` is None)."""
+    values = [environ.get(name) for name in SECRET_VARIABLES]
+    values.append(environ.get(f"{ENV_PREFIX}EMBEDDING__API_KEY"))
+    values += [dsn_password(environ.get(f"{ENV_PREFIX}{k}__DSN")) for k in ("SOURCE", "SINK")]
+    if settings is not None:
+        values += [dsn_password(settings.source.dsn), dsn_password(settings.sink.dsn)]
+        key = settings.embedding.api_key
+        values.append(key.get_secret_value() if key is not None else None)
+    return [value for value in values if value]
+
+
+def _check_dsn(key: str, dsn: str | None) -> None:
+    """A DSN libpq cannot parse is a configuration error; its message must not quote the DSN,
+    which libpq's does (`missing "=" after "<a piece of the password>"`)."""
+    if dsn is None:
+        return
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if not detail.startswith(("invalid connection option", "invalid URI query parameter")):
+            detail = re.sub(r'"[^"]*"', '"..."', detail)
+        raise ConfigError(
+            f"{key} is not a valid connection string ({detail}): write it as a URI "
+            "(postgresql://user@host/db) or as keywords (host=... dbname=...), quoting values "
+            "with spaces in single quotes and escaping ' and \\ with a backslash"
+        ) from None

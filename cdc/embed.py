@@ -14,6 +14,11 @@ What can go wrong, and what the caller sees:
 - the service refusing us (401, 403, 404...) raises `EmbeddingUnavailable(retriable=False)`;
 - the service rejecting some *inputs* for good (400/422/413) is narrowed down by bisection to the
   single inputs at fault, which come back in `EmbeddingResult.errors` while the others get vectors;
+- an answer that cannot be used (not JSON, a proxy's HTML page with any status but 413, the
+  wrong shape, fewer or more vectors than inputs, NaN for every input: see `cdc.answers`) is
+  transient like a 5xx: retried, then `EmbeddingUnavailable` naming the endpoint and the fault;
+- NaN or infinity for some inputs of an answer whose other vectors are fine, still there after
+  the retries, is those inputs' fault: they come back in `EmbeddingResult.errors`;
 - vectors of the wrong size raise `ConfigError`: storing them would poison the sink.
 
 Up to `concurrency` requests are in flight at once, over all `embed` calls of one provider (the
@@ -42,6 +47,14 @@ import numpy as np
 import numpy.typing as npt
 import openai
 
+from cdc.answers import (
+    Answer,
+    DimensionMismatch,
+    MalformedAnswer,
+    describe_body,
+    is_html,
+    parse_answer,
+)
 from cdc.errors import ConfigError, EmbeddingUnavailable
 from cdc.ratelimit import RateGate, ServerLimits
 from cdc.tokens import Tokenizer
@@ -199,6 +212,15 @@ class _Rejected:
     message: str
 
 
+@dataclass(frozen=True)
+class _Partial:
+    """The service kept answering a request with unusable vectors for some of its inputs
+    (NaN, infinity) and good ones for the rest: those inputs are at fault, not the service."""
+
+    vectors: list[Vector | None]
+    faults: dict[int, str]
+
+
 class OpenAIProvider:
     """An `EmbeddingProvider` for any OpenAI-compatible embeddings endpoint."""
 
@@ -295,11 +317,15 @@ class OpenAIProvider:
         `known_bad` skips sending a range we already know fails: its sibling half went through,
         so the rejection lies here. Single inputs are always sent, for their own error message.
         """
-        outcome: list[Vector] | _Rejected | None = None
+        outcome: list[Vector] | _Partial | _Rejected | None = None
         if not known_bad or hi - lo == 1:
             outcome = await self._request(texts[lo:hi], sum(counts[lo:hi]), tally)
             if isinstance(outcome, list):
                 tally.vectors[lo:hi] = outcome
+                return
+            if isinstance(outcome, _Partial):
+                tally.vectors[lo:hi] = outcome.vectors
+                tally.errors.update({lo + i: message for i, message in outcome.faults.items()})
                 return
         if hi - lo == 1:
             assert isinstance(outcome, _Rejected)
@@ -313,8 +339,14 @@ class OpenAIProvider:
 
     async def _request(
         self, batch: list[str], tokens: int, tally: _Tally
-    ) -> list[Vector] | _Rejected:
-        """One request, retried while failures are transient."""
+    ) -> list[Vector] | _Partial | _Rejected:
+        """One request, retried while failures are transient.
+
+        An answer that cannot be used (not JSON, an HTML page, the wrong shape or count, NaN
+        for every input) is a transient failure like a 5xx. One that keeps holding NaN or
+        infinity for some inputs, and good vectors for the others, ends as a `_Partial`: those
+        inputs go to the dead letters. Vectors of the wrong size raise `ConfigError` at once.
+        """
         attempt = 0
         while True:
             attempt += 1
@@ -327,13 +359,12 @@ class OpenAIProvider:
                         **self._params(batch)
                     )
                     self._gate.observe(ServerLimits.from_headers(raw.headers), time.monotonic())
-                    response = raw.parse()
             except openai.APIStatusError as exc:
                 self._observe(str(exc.status_code), started)
                 rejected = self._settle_status(exc)
                 if rejected is not None:
                     return rejected
-                failure = f"HTTP {exc.status_code}"
+                failure = _status_failure(exc)
                 retry_after = parse_retry_after(exc.response.headers, time.time())
                 self._hold_everyone(exc, retry_after)
             except openai.APITimeoutError:
@@ -343,10 +374,35 @@ class OpenAIProvider:
                 self._observe("connection", started)
                 failure, retry_after = f"connection error ({_cause(exc)})", None
             else:
-                self._observe("ok", started)
-                tally.tokens += _prompt_tokens(response)
-                return self._vectors(response, len(batch))
+                answer = self._read(raw.content, raw.headers.get("content-type"), len(batch))
+                last = attempt >= self._retry.max_attempts
+                if isinstance(answer, Answer) and (not answer.faults or last):
+                    self._observe("ok", started)
+                    tally.tokens += answer.tokens
+                    if answer.faults:
+                        return _Partial(answer.vectors, answer.faults)
+                    return [vector for vector in answer.vectors if vector is not None]
+                self._observe("malformed", started)
+                failure = (
+                    f"NaN or infinite values in {len(answer.faults)} embeddings"
+                    if isinstance(answer, Answer)
+                    else f"a malformed answer: {answer}"
+                )
+                retry_after = None
             await self._back_off(attempt, failure, retry_after)
+
+    def _read(self, body: bytes, content_type: str | None, expected: int) -> Answer | str:
+        """The answer's vectors, or what is wrong with it; wrong-sized vectors raise."""
+        try:
+            return parse_answer(body, content_type, expected, self.dimensions)
+        except MalformedAnswer as malformed:
+            return self._scrub(str(malformed))
+        except DimensionMismatch as mismatch:
+            raise ConfigError(
+                f"the embedding service at {self._endpoint} returned {mismatch.size}-dimensional "
+                f"vectors for model {self.model!r}, but embedding.dimensions is "
+                f"{self.dimensions}: embedding.dimensions must match the model"
+            ) from None
 
     async def _admit(self, tokens: int) -> None:
         """Wait until the token budget and the service's limits let a request go."""
@@ -400,6 +456,9 @@ class OpenAIProvider:
         status = exc.status_code
         if status in _TRANSIENT_STATUSES or status >= 500:
             return None
+        if status != 413 and _html_error(exc):
+            # A proxy's or gateway's page, not the service's verdict on our inputs or key.
+            return None
         detail = self._service_message(exc)
         if status in _REJECTION_STATUSES:
             param = _error_param(exc)
@@ -441,37 +500,6 @@ class OpenAIProvider:
         if self._secret:
             text = text.replace(self._secret, "***")
         return text
-
-    def _vectors(self, response: object, expected: int) -> list[Vector]:
-        """The response's vectors in input order, each checked against `dimensions`."""
-        slots: list[Vector | None] = [None] * expected
-        for item in getattr(response, "data", None) or []:
-            index = getattr(item, "index", None)
-            if not isinstance(index, int) or not 0 <= index < expected or slots[index] is not None:
-                raise self._malformed(f"an embedding with index {index!r} for {expected} inputs")
-            slots[index] = self._checked(getattr(item, "embedding", None))
-        missing = sum(vector is None for vector in slots)
-        if missing:
-            raise self._malformed(f"{missing} of {expected} embeddings missing")
-        return [vector for vector in slots if vector is not None]
-
-    def _checked(self, raw: object) -> Vector:
-        try:
-            vector = decode_embedding(raw)
-        except (ValueError, TypeError) as exc:
-            raise self._malformed(f"an undecodable embedding ({exc})") from None
-        if vector.ndim != 1 or vector.shape[0] != self.dimensions:
-            raise ConfigError(
-                f"the embedding service at {self._endpoint} returned {vector.size}-dimensional "
-                f"vectors for model {self.model!r}, but embedding.dimensions is "
-                f"{self.dimensions}: embedding.dimensions must match the model"
-            )
-        return vector
-
-    def _malformed(self, what: str) -> EmbeddingUnavailable:
-        return EmbeddingUnavailable(
-            f"the embedding service at {self._endpoint} sent a malformed answer: {what}"
-        )
 
 
 async def _all_or_none(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
@@ -533,9 +561,16 @@ def _endpoint_name(url: str) -> str:
     return f"{host}:{port}" if port else host
 
 
-def _prompt_tokens(response: object) -> int:
-    tokens = getattr(getattr(response, "usage", None), "prompt_tokens", None)
-    return tokens if isinstance(tokens, int) else 0
+def _html_error(exc: openai.APIStatusError) -> bool:
+    return is_html(exc.response.headers.get("content-type"), exc.response.content)
+
+
+def _status_failure(exc: openai.APIStatusError) -> str:
+    """An HTTP failure for the logs: the status, and the page when a proxy answered."""
+    if _html_error(exc):
+        page = describe_body(exc.response.headers.get("content-type"), exc.response.content)
+        return f"HTTP {exc.status_code} with {page}"
+    return f"HTTP {exc.status_code}"
 
 
 def _error_param(exc: openai.APIStatusError) -> str | None:

@@ -42,7 +42,7 @@ REQUEST_OUTCOMES = ("ok", "400", "429", "500", "502", "503", "504", "timeout", "
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing")
 # Request outcomes the provider retries: HTTP 408, 409, 429, 5xx, timeouts, dropped connections.
 _RETRIED_HTTP = frozenset({"408", "409", "429"})
-_RETRIED_OTHER = frozenset({"timeout", "connection"})
+_RETRIED_OTHER = frozenset({"timeout", "connection", "malformed"})
 
 
 class Positions:
@@ -318,6 +318,8 @@ class Health:
         self._streaming = False
         # Whether this process ever reached streaming: after that, outages are waited out.
         self.streaming_seen = False
+        # time.monotonic() when the latest stream began; None before the first.
+        self.streaming_since: float | None = None
         self.snapshot_done = False
         self.last_heartbeat = time.monotonic()
 
@@ -329,6 +331,7 @@ class Health:
     def streaming(self, value: bool) -> None:
         if value and not self._streaming:
             self.beat()  # the time before streaming began is no silence of the reader
+            self.streaming_since = self.last_heartbeat
         self._streaming = value
 
     def beat(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from cdc.monitor import observing
 from cdc.pipeline import Session, Streamer
 from cdc.positions import Position
 from cdc.provision import check_sink_shape, connect, ensure, ensure_indexes
+from cdc.reconnect import ReconnectBackoff
 from cdc.resync import ResyncRequested
 from cdc.sink import Sink, SinkState
 from cdc.slots import SlotInfo, check_slot_usable, slot_info
@@ -65,9 +67,10 @@ async def _run_sessions(  # noqa: PLR0917
     stop: asyncio.Event,
     exit_when_resynced: bool,
 ) -> None:
-    failures = 0
+    backoff = ReconnectBackoff(cap=MAX_BACKOFF)
     streamed_once = False
     while not stop.is_set():
+        started = time.monotonic()
         try:
             await _session(settings, make_provider, metrics, health, stop, exit_when_resynced)
             return
@@ -81,12 +84,19 @@ async def _run_sessions(  # noqa: PLR0917
             if isinstance(error, CdcError) and not error.retriable:
                 raise
             streamed_once = streamed_once or health.streaming_seen
-            failures += 1
-            if not streamed_once and failures >= MAX_FAILED_STARTS:
+            delay = backoff.failed(_streamed_for(health, started), random.random())
+            if not streamed_once and backoff.failures >= MAX_FAILED_STARTS:
                 raise _as_unavailable(error) from None
-            delay = min(MAX_BACKOFF, 2 ** min(failures, 6) * 0.5) * (0.5 + random.random() / 2)
             log.warning("%s; starting again in %.1fs", _describe(error), delay)
             await _sleep_unless(stop, delay)
+
+
+def _streamed_for(health: Health, session_started: float) -> float:
+    """How long the session that began at `session_started` streamed before it ended."""
+    since = health.streaming_since
+    if since is None or since < session_started:
+        return 0.0
+    return time.monotonic() - since
 
 
 def _as_unavailable(error: Exception) -> CdcError:

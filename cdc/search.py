@@ -96,9 +96,7 @@ async def search(
 ) -> list[Hit]:
     """The `k` source rows (of `table`, else of every configured table) nearest to `text`,
     embedded with `provider`, whose metadata matches every `where` column = value."""
-    if not text.strip():
-        raise ConfigError("the search text is empty: say what to look for")
-    scope = plan_scope(settings, selected_tables(settings, table), where or {}, k)
+    scope = _search_scope(settings, text, table, k, where)
     async with AsyncExitStack() as stack:
         conn = await _open(settings, stack)
         await _check_model(settings, conn)
@@ -106,6 +104,44 @@ async def search(
         return await _nearest_everywhere(
             settings, conn, scope, query=query, where=where or {}, k=k, itself=None
         )
+
+
+async def check_search(
+    settings: Settings,
+    text: str,
+    *,
+    table: str | None = None,
+    k: int = DEFAULT_K,
+    where: Mapping[str, str] | None = None,
+) -> bool:
+    """What `search` checks before it embeds anything, without a provider: the arguments, the
+    sink tables (they exist, in the configured shape) and that their vectors are of
+    `embedding.model`. Returns whether the tables searched hold any vector at all, so a caller
+    can skip building a provider (loading a local model takes seconds) to search nothing."""
+    scope = _search_scope(settings, text, table, k, where)
+    async with AsyncExitStack() as stack:
+        conn = await _open(settings, stack)
+        await _check_model(settings, conn)
+        for target, tables in scope.items():
+            query = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE source_table = ANY(%s))").format(
+                sql.Identifier(*target)
+            )
+            row = await _fetch_one(conn, query, (tables,))
+            if row is not None and row[0]:
+                return True
+    return False
+
+
+def _search_scope(
+    settings: Settings,
+    text: str,
+    table: str | None,
+    k: int,
+    where: Mapping[str, str] | None,
+) -> dict[Target, list[str]]:
+    if not text.strip():
+        raise ConfigError("the search text is empty: say what to look for")
+    return plan_scope(settings, selected_tables(settings, table), where or {}, k)
 
 
 async def similar(

@@ -10,9 +10,9 @@ from psycopg import sql
 from cdc.config import Settings
 from cdc.errors import CdcError
 from cdc.provision import connect
-from cdc.schema import SinkNames
-from cdc.sink import Sink
-from cdc.slots import slot_info
+from cdc.schema import STATE_TABLE, SinkNames
+from cdc.sink import Sink, SinkState
+from cdc.slots import SlotInfo, slot_info
 
 
 async def collect_status(settings: Settings) -> dict[str, Any]:
@@ -20,23 +20,20 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     sink_conn = await connect(settings.sink_dsn, "sink")
     try:
         slot = await slot_info(source, settings.source.slot)
+        names = SinkNames.of(settings)
+        set_up = await _exists(sink_conn, names.state)
         sink = Sink(sink_conn, settings)
-        state = await sink.load_state()
+        state = await sink.load_state() if set_up else SinkState(None, False, None, None)
         vectors = await _vector_counts(sink_conn, settings)
-        dead = await sink.dead_letter_count()
+        dead = await sink.dead_letter_count() if await _exists(sink_conn, names.dead_letters) else 0
         progress = await _progress(sink)
     finally:
         await source.close()
         await sink_conn.close()
-    problems = []
-    if slot is None:
-        problems.append(f"slot {settings.source.slot} does not exist")
-    elif slot.wal_status == "lost":
-        problems.append(
-            f"slot {settings.source.slot} is invalidated (wal_status lost): run `cdc resync`"
-        )
-    return {
+    problems, next_step = _problems(settings, slot, set_up, state)
+    report: dict[str, Any] = {
         "slot": settings.source.slot,
+        "set_up": set_up,
         "slot_exists": slot is not None,
         "slot_active": slot.active if slot else False,
         "wal_status": slot.wal_status if slot else None,
@@ -54,6 +51,40 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "problems": problems,
         "healthy": not problems,
     }
+    if next_step is not None:
+        report["next_step"] = next_step
+    return report
+
+
+def _problems(
+    settings: Settings, slot: SlotInfo | None, set_up: bool, state: SinkState
+) -> tuple[list[str], str | None]:
+    """What is wrong, and the one command that moves a newcomer on, if there is one."""
+    name = settings.source.slot
+    if not set_up:
+        return (
+            [f"wal2vec is not set up on this database yet (no {STATE_TABLE} table)"],
+            "run `cdc setup`, then `cdc run`",
+        )
+    if slot is None:
+        if state.snapshot_done:
+            return (
+                [f"slot {name} does not exist (it was dropped after the snapshot)"],
+                "run `cdc resync` to take the snapshot again on a new slot",
+            )
+        return (
+            [f"slot {name} does not exist"],
+            "run `cdc run`: it creates the slot and embeds the rows already there",
+        )
+    if slot.wal_status == "lost":
+        lost = f"slot {name} is invalidated (wal_status lost): run `cdc resync`"
+        return [lost], "run `cdc resync`"
+    return [], None
+
+
+async def _exists(conn: Any, table: sql.Identifier) -> bool:
+    row = await (await conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),))).fetchone()
+    return row is not None and row[0] is not None
 
 
 async def _progress(sink: Sink) -> list[dict[str, Any]]:
@@ -103,15 +134,20 @@ def _progress_words(p: dict[str, Any]) -> str:
 
 
 def render_status(report: dict[str, Any]) -> str:
+    model = (
+        f"{report['model']} ({report['dimensions']} dimensions)"
+        if report["model"]
+        else "(none yet: no vector written)"
+    )
     lines = [
         f"slot            {report['slot']} " + _slot_words(report),
-        f"server lsn      {report['server_lsn']}",
-        f"confirmed lsn   {report['confirmed_lsn']}",
-        f"lag             {report['lag_bytes']} bytes",
-        f"retained wal    {report['retained_wal_bytes']} bytes",
-        f"checkpoint      {report['checkpoint_lsn']}",
+        f"server lsn      {_shown(report['server_lsn'])}",
+        f"confirmed lsn   {_shown(report['confirmed_lsn'])}",
+        f"lag             {_shown(report['lag_bytes'], ' bytes')}",
+        f"retained wal    {_shown(report['retained_wal_bytes'], ' bytes')}",
+        f"checkpoint      {_shown(report['checkpoint_lsn'])}",
         f"snapshot        {'done' if report['snapshot_done'] else 'not done'}",
-        f"model           {report['model']} ({report['dimensions']} dimensions)",
+        f"model           {model}",
         f"dead letters    {report['dead_letters']}",
         "vectors (rows with vectors, per table):",
     ]
@@ -120,7 +156,14 @@ def render_status(report: dict[str, Any]) -> str:
         lines.append("snapshots and resyncs (rows read / estimated):")
         lines += [_progress_words(p) for p in report["snapshots"]]
     lines += [f"PROBLEM: {problem}" for problem in report["problems"]]
+    if report.get("next_step"):
+        lines.append(f"NEXT: {report['next_step']}")
     return "\n".join(lines)
+
+
+def _shown(value: object, unit: str = "") -> str:
+    """A value for the text report: "-" when there is none (no slot, nothing streamed yet)."""
+    return "-" if value is None else f"{value}{unit}"
 
 
 async def teardown(settings: Settings, drop_publication: bool) -> list[str]:

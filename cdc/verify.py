@@ -338,7 +338,7 @@ def selected_tables(settings: Settings, table: str | None) -> list[TableConfig]:
 async def check_sink_exists(settings: Settings, sink: Conn) -> None:
     names = SinkNames.of(settings)
     targets = [sql.Identifier(*target) for target in settings.sink_tables()]
-    for target in [*targets, names.dead_letters]:
+    for target in [*targets, names.state, names.dead_letters]:
         name = target.as_string(sink)
         row = await (await sink.execute("SELECT to_regclass(%s)", (name,))).fetchone()
         if row is None or row[0] is None:

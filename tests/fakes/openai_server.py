@@ -4,8 +4,8 @@ It answers `POST /v1/embeddings` (and `/embeddings`) over real HTTP/1.1 on 127.0
 OpenAI response shape, so the real `openai` client talks to it unchanged. Failures are injected
 from the test while it runs (`fail_next`, `reject_inputs_containing`, `latency`,
 `latency_spread`, `max_inputs`, `max_tokens`, `max_input_tokens`, `headers`, `wrong_dimensions`,
-`reverse_order`) and everything it received is observable (`requests`, `connections`, `inputs`,
-`request_log`, `violations`, `max_in_flight`).
+`reverse_order`, `malform_next`, `nan_for_inputs_containing`) and everything it received is
+observable (`requests`, `connections`, `inputs`, `request_log`, `violations`, `max_in_flight`).
 
 Embeddings are deterministic and meaningful: a normalized signed bag-of-words hashing vector, so
 texts sharing words are close in cosine distance, plus a tiny per-text term so distinct texts
@@ -107,6 +107,29 @@ class LoggedRequest:
     credential: str = ""
 
 
+# Ways `malform_next` breaks an answer; see its docstring.
+MALFORMATIONS = ("truncated", "html", "not_json", "wrong_shape", "fewer", "more", "nan")
+_PROXY_PAGE = (
+    "<html>\r\n<head><title>{status} Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+@dataclass(frozen=True)
+class _Malformation:
+    kind: str
+    status: int
+
+
+@dataclass(frozen=True)
+class _RawAnswer:
+    """A body sent as is, for answers that are not the JSON the API defines."""
+
+    content_type: str
+    body: bytes
+
+
 @dataclass(frozen=True)
 class _Failure:
     status: int
@@ -152,6 +175,8 @@ class FakeOpenAIServer:
         self._reverse_order = False
         self._markers: list[str] = []
         self._failures: deque[_Failure] = deque()
+        self._malformations: deque[_Malformation] = deque()
+        self._nan_markers: list[str] = []
         self._requests = 0
         self._connections = 0
         self._inputs: list[str] = []
@@ -212,6 +237,22 @@ class FakeOpenAIServer:
         """The next `count` requests answer `status`, with Retry-After / retry-after-ms if given."""
         with self._lock:
             self._failures.extend([_Failure(status, retry_after, retry_after_ms)] * count)
+
+    def malform_next(self, count: int, kind: str, status: int = 200) -> None:
+        """The next `count` requests (after any `fail_next` ones) get a broken answer, with
+        `status`: `truncated` JSON cut in half; `html` a proxy's error page (text/html);
+        `not_json` plain text; `wrong_shape` JSON without `data`; `fewer` or `more` embeddings
+        than inputs; `nan` every embedding NaN."""
+        if kind not in MALFORMATIONS:
+            raise ValueError(f"unknown malformation {kind!r}: one of {', '.join(MALFORMATIONS)}")
+        with self._lock:
+            self._malformations.extend([_Malformation(kind, status)] * count)
+
+    def nan_for_inputs_containing(self, marker: str) -> None:
+        """Any input containing `marker` gets an embedding of NaN, every time (the other
+        inputs of the same request get their right vectors)."""
+        with self._lock:
+            self._nan_markers.append(marker)
 
     def reject_inputs_containing(self, marker: str) -> None:
         """Any request with an input containing `marker` answers 400, as a content rejection."""
@@ -334,6 +375,8 @@ class FakeOpenAIServer:
             self._reverse_order = False
             self._markers.clear()
             self._failures.clear()
+            self._malformations.clear()
+            self._nan_markers.clear()
             self._requests = 0
             self._connections = 0
             self._inputs.clear()
@@ -386,12 +429,15 @@ class FakeOpenAIServer:
 
     def answer(
         self, body: object, api_key: str = "", path: str = "", credential: str = ""
-    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+    ) -> tuple[int, dict[str, str], dict[str, Any] | _RawAnswer]:
         """Status, extra headers and JSON body for one request body, sent with `api_key` to
         `path` (logged with how the key was sent, `credential`)."""
         with self._lock:
             self._requests += 1
             failure = self._failures.popleft() if self._failures else None
+            malformation = (
+                self._malformations.popleft() if failure is None and self._malformations else None
+            )
         try:
             request = _parse_request(body)
         except _BadRequestError as exc:
@@ -420,6 +466,13 @@ class FakeOpenAIServer:
         if rejection is not None:
             self._record(replace(logged, status=400))
             return 400, {}, _error_body(rejection, "input")
+        if malformation is not None:
+            self._record(replace(logged, status=malformation.status))
+            return (
+                malformation.status,
+                {},
+                _malform(self._embeddings(request, tokens), malformation),
+            )
         self._record(logged)
         return 200, {}, self._embeddings(request, tokens)
 
@@ -460,8 +513,12 @@ class FakeOpenAIServer:
     def _embeddings(self, request: _Request, tokens: int) -> dict[str, Any]:
         dimensions = self.wrong_dimensions or request.dimensions or self.default_dimensions
         data = []
+        with self._lock:
+            nan_markers = list(self._nan_markers)
         for index, text in enumerate(request.texts):
             vector = embed_vector(text, dimensions)
+            if any(marker in text for marker in nan_markers):
+                vector = np.full(dimensions, np.nan, dtype="<f4")
             encoded: object = (
                 base64.b64encode(vector.tobytes()).decode("ascii")
                 if request.encoding_format == "base64"
@@ -527,6 +584,44 @@ def _is_token(item: object) -> bool:
 
 def _token_text(tokens: list[Any]) -> str:
     return "tokens: " + " ".join(str(token) for token in tokens)
+
+
+def _malform(payload: dict[str, Any], malformation: _Malformation) -> dict[str, Any] | _RawAnswer:
+    """`payload`, a right answer, broken as `malformation` says."""
+    kind, data = malformation.kind, payload["data"]
+    if kind == "truncated":
+        text = json.dumps(payload)
+        return _RawAnswer("application/json", text[: len(text) // 2].encode())
+    if kind == "html":
+        page = _PROXY_PAGE.format(status=malformation.status)
+        return _RawAnswer("text/html", page.encode())
+    if kind == "not_json":
+        return _RawAnswer(
+            "text/plain", b"upstream connect error or disconnect/reset before headers"
+        )
+    if kind == "wrong_shape":
+        return {"object": "list", "embeddings": [item["embedding"] for item in data]}
+    if kind == "fewer":
+        return {**payload, "data": data[:-1]}
+    if kind == "more":
+        return {**payload, "data": [*data, {**data[-1], "index": len(data)}]}
+    # nan: every embedding NaN, in the encoding the request asked for
+    dimensions = len(decode_vector(data[0]["embedding"]))
+    nan = np.full(dimensions, np.nan, dtype="<f4")
+    for item in data:
+        item["embedding"] = (
+            base64.b64encode(nan.tobytes()).decode("ascii")
+            if isinstance(item["embedding"], str)
+            else [float(x) for x in nan]
+        )
+    return payload
+
+
+def decode_vector(raw: str | list[float]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """An embedding as sent (base64 or a float list) back as float32."""
+    if isinstance(raw, str):
+        return np.frombuffer(base64.b64decode(raw), dtype="<f4")
+    return np.asarray(raw, dtype=np.float32)
 
 
 def _failure_message(status: int, api_key: str) -> str:
@@ -629,10 +724,15 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._send(status, headers, payload)
 
-    def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode("utf-8")
+    def _send(
+        self, status: int, headers: dict[str, str], payload: dict[str, Any] | _RawAnswer
+    ) -> None:
+        if isinstance(payload, _RawAnswer):
+            data, content_type = payload.body, payload.content_type
+        else:
+            data, content_type = json.dumps(payload).encode("utf-8"), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in {**self.server.fake.headers, **headers}.items():
             self.send_header(name, value)
