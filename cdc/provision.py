@@ -43,19 +43,20 @@ async def inspect_source(settings: Settings, source: Conn) -> list[SourceTable]:
 async def publication_sql(
     settings: Settings, source: Conn, tables: Sequence[SourceTable]
 ) -> list[sql.Composed]:
-    """The statement that makes the publication match the configuration, if one is needed."""
+    """The statement that makes the publication match the configuration, if one is needed.
+
+    Every configured table is published whole (no column list). A publication an earlier
+    version made with column lists, or one missing a table added to the configuration, is
+    brought to that form with `ALTER PUBLICATION ... SET TABLE`.
+    """
     name = settings.source.publication
-    wanted = {(t.config.schema_name, t.config.table_name): _published_set(t) for t in tables}
+    wanted = {(t.config.schema_name, t.config.table_name): None for t in tables}
     current = await _published_now(source, name)
     if current is None:
         return [create_publication(name, list(tables))]
     if current != wanted:
         return [alter_publication(name, list(tables))]
     return []
-
-
-def _published_set(table: SourceTable) -> frozenset[str] | None:
-    return None if table.replica_identity == "f" else frozenset(table.published_columns)
 
 
 async def _published_now(

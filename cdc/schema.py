@@ -144,16 +144,14 @@ def sink_ddl(settings: Settings, *, indexes: bool = True) -> list[sql.Composed]:
 
 
 def publication_table_list(tables: list[SourceTable]) -> sql.Composed:
-    """`schema.table (columns)` for each table; no column list where replica identity is FULL
-    (PostgreSQL then requires every column to be published)."""
-    return sql.SQL(", ").join(_published(table) for table in tables)
+    """Each configured table whole, with no column list.
 
-
-def _published(table: SourceTable) -> sql.Composed:
-    if table.replica_identity == "f":
-        return sql.SQL("{}").format(table.identifier)
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.published_columns)
-    return sql.SQL("{} ({})").format(table.identifier, columns)
+    A column list would tie the listed columns to the publication, and PostgreSQL then refuses
+    the application's `ALTER TABLE ... ALTER COLUMN ... TYPE` of any of them. The decoder keeps
+    only the configured columns (`cdc.changes.TableShape`), so publishing whole tables costs
+    decoding work, never correctness.
+    """
+    return sql.SQL(", ").join(table.identifier for table in tables)
 
 
 def create_publication(name: str, tables: list[SourceTable]) -> sql.Composed:

@@ -37,12 +37,6 @@ class SourceTable:
     def identifier(self) -> sql.Identifier:
         return sql.Identifier(self.config.schema_name, self.config.table_name)
 
-    @property
-    def published_columns(self) -> Columns:
-        """Key, content and metadata columns, each once, in that order."""
-        names = (*self.key_names, *self.config.content_columns, *self.config.metadata)
-        return tuple(dict.fromkeys(names))
-
     def select_list(self) -> sql.Composed:
         """Key, content and metadata columns in their text form, the way pgoutput sends them."""
         columns = (*self.key_names, *self.config.content_columns, *self.config.metadata)

@@ -1,0 +1,112 @@
+"""The application's migrations while `cdc run` streams: never blocked, and the sink stays in step.
+
+wal2vec publishes whole tables, so no DDL of the application is refused for wal2vec's sake.
+Changes to other columns are free; a type change of a configured column re-reads the table
+(content hash decides what is embedded again); renaming or dropping a configured column stops
+`cdc run` with exit 2, naming the column and what to do.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.harness import CdcProcess, Deployment, Table, assert_in_step, wait_until
+
+
+def _write(deployment: Deployment, first: int, count: int = 3, label: str = "row") -> None:
+    deployment.execute(
+        "INSERT INTO articles (id, title, body, author_id) "
+        "SELECT g, %s || ' ' || g, 'body of ' || g, g %% 3 "
+        "FROM generate_series(%s::int, %s::int) g",
+        (label, first, first + count - 1),
+    )
+
+
+def _edit(deployment: Deployment, article: int) -> None:
+    deployment.execute("UPDATE articles SET body = body || ' (edited)' WHERE id = %s", (article,))
+
+
+def _column_lists(deployment: Deployment) -> list[tuple[str, bool]]:
+    """(table, whether published with a column list) for the deployment's publication."""
+    with deployment.connect() as conn:
+        rows = conn.execute(
+            "SELECT c.relname, pr.prattrs IS NOT NULL FROM pg_publication_rel pr "
+            "JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid "
+            "WHERE p.pubname = %s ORDER BY 1",
+            (deployment.slot,),
+        ).fetchall()
+    return [(str(r[0]), bool(r[1])) for r in rows]
+
+
+def test_setup_turns_an_earlier_column_list_publication_into_a_whole_table_one(
+    deployment: Deployment,
+) -> None:
+    # What earlier versions created: only the key, content and metadata columns.
+    deployment.execute(
+        f'CREATE PUBLICATION "{deployment.slot}" FOR TABLE articles (id, title, body, author_id)'
+    )
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        deployment.execute("ALTER TABLE articles ALTER COLUMN body TYPE varchar(5000)")
+    printed = deployment.cli("setup", "--print-sql")
+    assert printed.returncode == 0, printed.stderr
+    assert f'ALTER PUBLICATION "{deployment.slot}" SET TABLE "public"."articles";' in printed.stdout
+    assert _column_lists(deployment) == [("articles", True)], "--print-sql changes nothing"
+    done = deployment.cli("setup")
+    assert done.returncode == 0, done.stderr
+    assert _column_lists(deployment) == [("articles", False)]
+    again = deployment.cli("setup", "--print-sql")
+    assert "PUBLICATION" not in again.stdout, "nothing left to do"
+    deployment.execute("ALTER TABLE articles ALTER COLUMN body TYPE varchar(5000)")
+
+
+def test_a_table_added_to_the_configuration_is_published_at_start(
+    deployment: Deployment, endpoint: FakeOpenAIServer
+) -> None:
+    deployment.execute("CREATE TABLE faqs (id int PRIMARY KEY, question text, answer text)")
+    deployment.execute("INSERT INTO faqs VALUES (1, 'Why?', 'Because.')")
+    assert deployment.cli("setup").returncode == 0
+    assert _column_lists(deployment) == [("articles", False)]
+    deployment.tables.append(Table("public.faqs", ["question", "answer"]))
+    process = deployment.start()
+    try:
+        deployment.wait_ready()
+        assert _column_lists(deployment) == [("articles", False), ("faqs", False)]
+        deployment.execute("INSERT INTO faqs VALUES (2, 'How?', 'Like this.')")
+        _write(deployment, 1)
+        deployment.wait_caught_up()
+        wait_until(lambda: len(deployment.sink_rows()) == 5, 30, "the added table resynced")
+        assert assert_in_step(deployment) == 5
+    finally:
+        assert process.stop() == 0, process.output
+
+
+def test_ddl_of_other_columns_and_table_rewrites_mid_stream(
+    deployment: Deployment, running: CdcProcess, endpoint: FakeOpenAIServer
+) -> None:
+    _write(deployment, 1)
+    deployment.wait_caught_up()
+    migrations = [
+        "ALTER TABLE articles ADD COLUMN slug text",
+        "ALTER TABLE articles ALTER COLUMN slug TYPE varchar(200)",
+        "ALTER TABLE articles ALTER COLUMN views TYPE bigint",  # rewrites the table
+        "ALTER TABLE articles DROP COLUMN slug",
+        "VACUUM FULL articles",
+        "CLUSTER articles USING articles_pkey",
+        "ALTER TABLE articles ADD COLUMN tags text[] NOT NULL DEFAULT '{}'",
+    ]
+    for step, migration in enumerate(migrations):
+        _edit(deployment, 1)
+        deployment.execute("UPDATE articles SET views = views + 1 WHERE id = 2")
+        deployment.execute(migration)
+        _write(deployment, 10 * (step + 1))
+        deployment.execute("UPDATE articles SET views = views + 1 WHERE id = 3")
+        _edit(deployment, 10 * (step + 1))
+        deployment.wait_caught_up()
+        running.assert_running()
+    before = endpoint.requests
+    deployment.execute("UPDATE articles SET views = views + 1, tags = '{a}'")
+    deployment.wait_caught_up()
+    assert endpoint.requests == before, "changes to other columns embed nothing"
+    assert assert_in_step(deployment) == 3 + 3 * len(migrations)
