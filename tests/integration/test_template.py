@@ -70,7 +70,7 @@ def test_unknown_placeholder_is_named_and_setup_exits_2(deployment: Deployment) 
     deployment.tables[0].template = "{title}: {bdy}"
     result = deployment.cli("setup")
     assert result.returncode == 2
-    assert "public.articles: template placeholders ['bdy'] do not exist" in result.stderr
+    assert "public.articles: column 'bdy' (tables[].template) is not in the table" in result.stderr
 
 
 def test_columns_and_template_together_exit_2_naming_the_table(deployment: Deployment) -> None:
