@@ -125,10 +125,20 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
             "    started_at timestamptz,\n"
             "    finished_at timestamptz,\n"
             "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+            "    column_types jsonb,\n"
             "    PRIMARY KEY (slot, source_table)\n"
             ")"
         ).format(names.snapshots),
     ]
+
+
+def state_upgrade_ddl(names: SinkNames) -> sql.Composed:
+    """What a `cdc_snapshots` made by an earlier version lacks: the types of the watched
+    columns (`cdc.migrations`). Run only when the column is missing: ALTER TABLE needs the
+    table's owner even when there is nothing to do."""
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS column_types jsonb").format(
+        names.snapshots
+    )
 
 
 def sink_ddl(settings: Settings, *, indexes: bool = True) -> list[sql.Composed]:

@@ -208,3 +208,74 @@ def test_dropped_metadata_column_while_stopped_is_refused_at_start_naming_it(
     process = deployment.start()
     output = _stopped_naming(process, "author_id")
     assert "metadata" in output, output
+
+
+def _db_now(deployment: Deployment) -> str:
+    with deployment.connect() as conn:
+        row = conn.execute("SELECT now()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _resynced_since(deployment: Deployment, since: str) -> bool:
+    """A per-table resync of articles finished after `since` (the database's clock)."""
+    with deployment.connect() as conn:
+        row = conn.execute(
+            "SELECT kind = 'resync' AND status = 'done' AND finished_at > %s::timestamptz "
+            "FROM cdc_snapshots WHERE slot = %s AND source_table = 'public.articles'",
+            (since, deployment.slot),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_content_column_type_change_keeping_its_text_embeds_nothing(
+    deployment: Deployment, running: CdcProcess, endpoint: FakeOpenAIServer
+) -> None:
+    _write(deployment, 1, count=5)
+    deployment.wait_caught_up()
+    before = endpoint.requests
+    since = _db_now(deployment)
+    deployment.execute("ALTER TABLE articles ALTER COLUMN body TYPE varchar(5000)")
+    deployment.execute("ALTER TABLE articles ALTER COLUMN author_id TYPE bigint")
+    wait_until(lambda: _resynced_since(deployment, since), 60, "the table re-read")
+    deployment.wait_caught_up()
+    assert endpoint.requests == before, "the same text is not embedded again"
+    assert "column types changed" in running.output
+    _write(deployment, 10)
+    _edit(deployment, 2)
+    deployment.wait_caught_up()
+    assert assert_in_step(deployment) == 8
+
+
+def test_type_change_rewriting_content_re_embeds_only_the_rows_whose_text_changed(
+    deployment: Deployment, running: CdcProcess, endpoint: FakeOpenAIServer
+) -> None:
+    deployment.execute(
+        "INSERT INTO articles (id, title, body, author_id) VALUES "
+        "(1, 'Tea', 'Brew it.', 1), (2, 'A very long title', 'Read it.', 2), (3, 'Cake', NULL, 3)"
+    )
+    deployment.wait_caught_up()
+    endpoint.reset()
+    since = _db_now(deployment)
+    # A rewrite: the WAL carries no row of it, and only row 2's text changes.
+    deployment.execute(
+        "ALTER TABLE articles ALTER COLUMN title TYPE varchar(8) USING left(title, 8), "
+        "ALTER COLUMN author_id TYPE numeric(6, 2)"
+    )
+    wait_until(lambda: _resynced_since(deployment, since), 60, "the table re-read")
+    deployment.wait_caught_up()
+    assert endpoint.inputs == ["A very l\n\nRead it."]
+    metadata = {r["source_id"]: r["metadata"] for r in deployment.sink_rows()}
+    assert metadata["3"] == {"author_id": "3.00"}, "metadata follows the new text form"
+    assert assert_in_step(deployment) == 3
+
+
+def test_setup_adds_the_column_types_column_to_an_earlier_state_table(
+    deployment: Deployment,
+) -> None:
+    assert deployment.cli("setup").returncode == 0
+    deployment.execute("ALTER TABLE cdc_snapshots DROP COLUMN column_types")  # as before
+    printed = deployment.cli("setup", "--print-sql").stdout
+    assert 'ALTER TABLE "public"."cdc_snapshots" ADD COLUMN IF NOT EXISTS column_types' in printed
+    assert deployment.cli("setup").returncode == 0
+    assert "ALTER TABLE" not in deployment.cli("setup", "--print-sql").stdout
