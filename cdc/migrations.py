@@ -19,6 +19,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
+from cdc.errors import ConfigError
 from cdc.progress import ProgressStore
 from cdc.schema import SinkNames
 from cdc.source import SourceTable
@@ -28,8 +29,10 @@ Conn = AsyncConnection[tuple[Any, ...]]
 ColumnTypes = dict[str, str]
 
 _TYPES_QUERY = """
-SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped AND attname = ANY(%s)
+SELECT c.oid IS NOT NULL, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM (SELECT to_regclass(%s) AS oid) c
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    AND a.attname = ANY(%s)
 """
 
 
@@ -57,11 +60,24 @@ def watched_columns(table: SourceTable) -> list[str]:
 
 
 async def column_types(source: Conn, table: SourceTable) -> ColumnTypes:
-    """The catalog's types of `table`'s watched columns (those it still has)."""
+    """The catalog's types of `table`'s watched columns (those it still has).
+
+    A table renamed or dropped under the stream is a `ConfigError`: its changes would come
+    under a name the configuration does not know, and be passed over.
+    """
     cursor = await source.execute(
         _TYPES_QUERY, (table.identifier.as_string(source), watched_columns(table))
     )
-    return {str(name): str(type_) for name, type_ in await cursor.fetchall()}
+    rows = await cursor.fetchall()
+    if not rows or not rows[0][0]:
+        raise ConfigError(
+            f"table {table.name} (tables[].table) is not in the source database any more "
+            "(renamed, dropped, or moved to another schema?): put its new name in the "
+            "configuration, or take it out, then run `cdc setup` and start `cdc run` again. "
+            "Vectors are stored under the table's name: under a new one the table is read and "
+            "embedded again, and the old name's vectors stay in the sink until deleted"
+        )
+    return {str(row[1]): str(row[2]) for row in rows if row[1] is not None}
 
 
 class TypeWatch:

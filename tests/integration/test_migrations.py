@@ -279,3 +279,33 @@ def test_setup_adds_the_column_types_column_to_an_earlier_state_table(
     assert 'ALTER TABLE "public"."cdc_snapshots" ADD COLUMN IF NOT EXISTS column_types' in printed
     assert deployment.cli("setup").returncode == 0
     assert "ALTER TABLE" not in deployment.cli("setup", "--print-sql").stdout
+
+
+def test_renamed_table_stops_run_naming_it(deployment: Deployment) -> None:
+    process = deployment.start()
+    deployment.wait_ready()
+    _write(deployment, 1)
+    deployment.wait_caught_up()
+    deployment.execute("ALTER TABLE articles RENAME TO posts")
+    _stopped_naming(process, "public.articles")
+
+
+def test_unchanged_toast_of_an_unconfigured_column_is_no_concern(
+    deployment: Deployment, running: CdcProcess, endpoint: FakeOpenAIServer
+) -> None:
+    # Published whole, the table's other columns reach the decoder too; an update resends
+    # none of their out-of-line values, and the projection drops the placeholders.
+    deployment.execute("ALTER TABLE articles ADD COLUMN notes text")
+    deployment.execute("ALTER TABLE articles ALTER COLUMN notes SET STORAGE EXTERNAL")
+    deployment.execute(
+        "INSERT INTO articles (id, title, body, notes) VALUES (1, 'Tea', 'Brew it.', %s)",
+        ("n" * 20_000,),
+    )
+    deployment.wait_caught_up()
+    before = endpoint.requests
+    deployment.execute("UPDATE articles SET views = 1 WHERE id = 1")
+    deployment.wait_caught_up()
+    assert endpoint.requests == before
+    deployment.execute("UPDATE articles SET title = 'Green tea' WHERE id = 1")
+    deployment.wait_caught_up()
+    assert assert_in_step(deployment) == 1
