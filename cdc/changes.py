@@ -7,7 +7,7 @@ embedding and the sink need.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Literal
@@ -46,6 +46,10 @@ class TableShape:
     key_positions: tuple[int, ...]
     content_positions: tuple[int, ...]
     metadata_positions: tuple[int, ...]
+    # The relation lacks configured columns (changes from before a rename the configuration
+    # already follows): its changes carry only their key, and every content and metadata
+    # value is an UNCHANGED_TOAST placeholder, so the row's current values are fetched.
+    refetch: bool = False
     # Projections built once per relation: this runs for every change of the stream.
     pick_key: Picker = field(init=False, repr=False, compare=False)
     content_of: Picker = field(init=False, repr=False, compare=False)
@@ -53,6 +57,12 @@ class TableShape:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pick_key", _picker(self.key_positions))
+        if self.refetch:
+            content = (UNCHANGED_TOAST,) * len(self.content_positions)
+            metadata = (UNCHANGED_TOAST,) * len(self.metadata_positions)
+            object.__setattr__(self, "content_of", lambda row: content)
+            object.__setattr__(self, "metadata_of", lambda row: metadata)
+            return
         object.__setattr__(self, "content_of", _picker(self.content_positions))
         object.__setattr__(self, "metadata_of", _picker(self.metadata_positions))
 
@@ -148,12 +158,23 @@ class Transaction:
 
 
 def shape_for(
-    relation: Relation, table: TableConfig, key_names: Sequence[str] | None = None
+    relation: Relation,
+    table: TableConfig,
+    key_names: Sequence[str] | None = None,
+    previous: TableShape | None = None,
 ) -> TableShape:
     """Project `relation` onto `table`'s configuration, or explain what does not match.
 
     `key_names` (the primary key from the catalog) wins over the relation's key flags: with
     REPLICA IDENTITY FULL the server flags every column as part of the key.
+
+    The server sends a Relation message before the first change of a table in a session and
+    again after its DDL, with the columns as they were when the change was made. One lacking a
+    configured column after a matching one (`previous`) means the column was renamed or
+    dropped under a running stream: a `ConfigError` naming it. One lacking it before any
+    matching one may hold changes from before a rename that the configuration (checked against
+    the catalog at start) already follows: those changes keep their key and have their values
+    fetched from the source, which refuses the configured names if the catalog lacks them too.
     """
     positions = {column.name: index for index, column in enumerate(relation.columns)}
     if key_names:
@@ -161,7 +182,8 @@ def shape_for(
         if len(key) != len(key_names):
             raise ConfigError(
                 f"{table.table}: key columns {list(key_names)} are not all in the replicated "
-                "row; run `cdc setup` so the publication includes them"
+                "row; was the primary key changed? Run `cdc setup`, then `cdc resync` (the "
+                "sink's row ids come from the key)"
             )
     else:
         key = [(c.name, i) for i, c in enumerate(relation.columns) if c.is_key]
@@ -170,25 +192,61 @@ def shape_for(
             f"{table.table} has no primary key or replica identity index in the stream: "
             "add a primary key (or ALTER TABLE ... REPLICA IDENTITY USING INDEX ...)"
         )
+    missing = missing_columns(table, positions)
+    if missing and (previous is None or previous.refetch):
+        return TableShape(
+            table=table.table,
+            key_names=tuple(name for name, _ in key),
+            key_positions=tuple(index for _, index in key),
+            # Not in this row: only their number counts, for the placeholders.
+            content_positions=tuple(range(len(table.content_columns))),
+            metadata_positions=tuple(range(len(table.metadata))),
+            refetch=True,
+        )
+    if missing:
+        raise missing_columns_error(table, missing)
     return TableShape(
         table=table.table,
         key_names=tuple(name for name, _ in key),
         key_positions=tuple(index for _, index in key),
-        content_positions=_positions(table, table.content_columns, positions, "columns"),
-        metadata_positions=_positions(table, table.metadata, positions, "metadata"),
+        content_positions=tuple(positions[name] for name in table.content_columns),
+        metadata_positions=tuple(positions[name] for name in table.metadata),
     )
 
 
-def _positions(
-    table: TableConfig, names: Sequence[str], positions: dict[str, int], key: str
-) -> tuple[int, ...]:
-    missing = [name for name in names if name not in positions]
-    if missing:
-        raise ConfigError(
-            f"{table.table}: {key} {missing} are not in the replicated row; check the column "
-            "names, and that the publication includes them (run `cdc setup`)"
-        )
-    return tuple(positions[name] for name in names)
+def configured_columns(table: TableConfig) -> list[tuple[str, Sequence[str]]]:
+    """The configured column names, each with the configuration key that names them."""
+    content = "tables[].columns" if table.template is None else "tables[].template"
+    return [(content, table.content_columns), ("tables[].metadata", table.metadata)]
+
+
+def missing_columns(table: TableConfig, existing: Collection[str]) -> list[tuple[str, str]]:
+    """(configuration key, column) for each configured column not in `existing`."""
+    return [
+        (key, name)
+        for key, names in configured_columns(table)
+        for name in names
+        if name not in existing
+    ]
+
+
+def missing_columns_error(table: TableConfig, missing: Sequence[tuple[str, str]]) -> ConfigError:
+    """What to do when configured columns were renamed or dropped under wal2vec."""
+    named = ", ".join(f"{name!r} ({key})" for key, name in missing)
+    verb = "column {} is" if len(missing) == 1 else "columns {} are"
+    return ConfigError(
+        f"{table.table}: {verb.format(named)} not in the table (renamed or dropped?). "
+        f"{column_advice(table.table)}"
+    )
+
+
+def column_advice(table: str) -> str:
+    return (
+        "If it was renamed, put the new name in the configuration; if it was dropped, take it "
+        f"out of the configuration and run `cdc resync --table {table}` once `cdc run` is back, "
+        "to rewrite the table's vectors without it. Then run `cdc setup` and start `cdc run` "
+        "again"
+    )
 
 
 def upsert_change(

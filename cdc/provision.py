@@ -16,7 +16,14 @@ from psycopg import AsyncConnection, sql
 
 from cdc.config import Settings, redact_dsn
 from cdc.errors import ConfigError, SourceUnavailable
-from cdc.schema import alter_publication, create_publication, index_ddl, sink_ddl
+from cdc.schema import (
+    SinkNames,
+    alter_publication,
+    create_publication,
+    index_ddl,
+    sink_ddl,
+    state_upgrade_ddl,
+)
 from cdc.source import SourceTable, check_wal_level, describe_tables
 
 log = logging.getLogger(__name__)
@@ -43,19 +50,20 @@ async def inspect_source(settings: Settings, source: Conn) -> list[SourceTable]:
 async def publication_sql(
     settings: Settings, source: Conn, tables: Sequence[SourceTable]
 ) -> list[sql.Composed]:
-    """The statement that makes the publication match the configuration, if one is needed."""
+    """The statement that makes the publication match the configuration, if one is needed.
+
+    Every configured table is published whole (no column list). A publication an earlier
+    version made with column lists, or one missing a table added to the configuration, is
+    brought to that form with `ALTER PUBLICATION ... SET TABLE`.
+    """
     name = settings.source.publication
-    wanted = {(t.config.schema_name, t.config.table_name): _published_set(t) for t in tables}
+    wanted = {(t.config.schema_name, t.config.table_name): None for t in tables}
     current = await _published_now(source, name)
     if current is None:
         return [create_publication(name, list(tables))]
     if current != wanted:
         return [alter_publication(name, list(tables))]
     return []
-
-
-def _published_set(table: SourceTable) -> frozenset[str] | None:
-    return None if table.replica_identity == "f" else frozenset(table.published_columns)
 
 
 async def _published_now(
@@ -98,12 +106,27 @@ async def ensure(
     await _check_pgvector(sink)
     for statement in sink_ddl(settings, indexes=indexes):
         await _execute(sink, statement, "sink")
+    for statement in await state_upgrades(settings, sink):
+        await _execute(sink, statement, "sink")
     if check_shape:
         await check_sink_shape(settings, sink)
     for statement in await publication_sql(settings, source, tables):
         log.info("publication %s: %s", settings.source.publication, statement.as_string(source))
         await _execute(source, statement, "source")
     return tables
+
+
+async def state_upgrades(settings: Settings, sink: Conn) -> list[sql.Composed]:
+    """Columns that state tables made by an earlier version lack."""
+    names = SinkNames.of(settings)
+    row = await (
+        await sink.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attname = 'column_types' AND NOT attisdropped)",
+            (names.snapshots.as_string(sink),) * 2,
+        )
+    ).fetchone()
+    return [state_upgrade_ddl(names)] if row is not None and row[0] else []
 
 
 async def ensure_indexes(settings: Settings, sink: Conn) -> None:
@@ -169,7 +192,11 @@ async def _execute(conn: Conn, statement: sql.Composed, where: str) -> None:
 async def setup_script(settings: Settings, source: Conn, sink: Conn) -> str:
     """All the DDL `ensure` would run, as a script for review."""
     tables = await inspect_source(settings, source)
-    statements = [*sink_ddl(settings), *await publication_sql(settings, source, tables)]
+    statements = [
+        *sink_ddl(settings),
+        *await state_upgrades(settings, sink),
+        *await publication_sql(settings, source, tables),
+    ]
     lines = ["-- wal2vec setup: review, then run (sink statements first, then the source's)."]
     lines += [f"{statement.as_string(sink)};" for statement in statements]
     return "\n\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ from cdc.config import Settings
 from cdc.content import render_source_id
 from cdc.errors import CdcError
 from cdc.metrics import Metrics
+from cdc.migrations import TypeWatch
 from cdc.progress import ProgressStore, ResyncPosition, TableProgress
 from cdc.provision import connect
 from cdc.schema import SinkNames
@@ -92,10 +93,13 @@ class ResyncWorker:
             stack.push_async_callback(sink_conn.close)
             sink = Sink(sink_conn, self.settings)
             await self._request_new_tables(sink.progress)
+            types = TypeWatch(sink_conn, SinkNames.of(self.settings), self.settings.source.slot)
             while not self.stop.is_set():
                 state = await sink.load_state()
                 if not state.snapshot_done:
                     raise ResyncRequested()
+                # A rewrite changing a column's type reaches no row of the stream: re-read it.
+                await types.check(source, list(self.tables.values()))
                 work = [w for w in await sink.progress.open_resyncs() if self._known(w)]
                 if not work and self._exit_when_idle:
                     self.stop.set()

@@ -25,12 +25,14 @@ from cdc.config import Settings
 from cdc.embed import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
 from cdc.metrics import Health, Metrics
+from cdc.migrations import TypeWatch
 from cdc.monitor import observing
 from cdc.pipeline import Session, Streamer
 from cdc.positions import Position
 from cdc.provision import check_sink_shape, connect, ensure, ensure_indexes
 from cdc.reconnect import ReconnectBackoff
 from cdc.resync import ResyncRequested
+from cdc.schema import SinkNames
 from cdc.sink import Sink, SinkState
 from cdc.slots import SlotInfo, check_slot_usable, slot_info
 from cdc.snapshot import SnapshotInterrupted, SnapshotParts, take_snapshot
@@ -180,6 +182,9 @@ async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event
     if slot is not None:
         log.info("slot %s exists but its snapshot is not complete: taking it again", slot.name)
         parts.stream.drop_slot()
+    # Recorded before the read, so a type change while the snapshot runs is seen after it.
+    watch = TypeWatch(parts.sink_conn, SinkNames.of(parts.settings), parts.settings.source.slot)
+    await watch.record(parts.source, parts.tables)
     snapshot = SnapshotParts(parts.settings, parts.sink, parts.applier, metrics, stop)
     checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
     await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)

@@ -125,10 +125,20 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
             "    started_at timestamptz,\n"
             "    finished_at timestamptz,\n"
             "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+            "    column_types jsonb,\n"
             "    PRIMARY KEY (slot, source_table)\n"
             ")"
         ).format(names.snapshots),
     ]
+
+
+def state_upgrade_ddl(names: SinkNames) -> sql.Composed:
+    """What a `cdc_snapshots` made by an earlier version lacks: the types of the watched
+    columns (`cdc.migrations`). Run only when the column is missing: ALTER TABLE needs the
+    table's owner even when there is nothing to do."""
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS column_types jsonb").format(
+        names.snapshots
+    )
 
 
 def sink_ddl(settings: Settings, *, indexes: bool = True) -> list[sql.Composed]:
@@ -144,16 +154,14 @@ def sink_ddl(settings: Settings, *, indexes: bool = True) -> list[sql.Composed]:
 
 
 def publication_table_list(tables: list[SourceTable]) -> sql.Composed:
-    """`schema.table (columns)` for each table; no column list where replica identity is FULL
-    (PostgreSQL then requires every column to be published)."""
-    return sql.SQL(", ").join(_published(table) for table in tables)
+    """Each configured table whole, with no column list.
 
-
-def _published(table: SourceTable) -> sql.Composed:
-    if table.replica_identity == "f":
-        return sql.SQL("{}").format(table.identifier)
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.published_columns)
-    return sql.SQL("{} ({})").format(table.identifier, columns)
+    A column list would tie the listed columns to the publication, and PostgreSQL then refuses
+    the application's `ALTER TABLE ... ALTER COLUMN ... TYPE` of any of them. The decoder keeps
+    only the configured columns (`cdc.changes.TableShape`), so publishing whole tables costs
+    decoding work, never correctness.
+    """
+    return sql.SQL(", ").join(table.identifier for table in tables)
 
 
 def create_publication(name: str, tables: list[SourceTable]) -> sql.Composed:

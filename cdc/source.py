@@ -7,11 +7,14 @@ not resend. Every identifier from configuration goes through `psycopg.sql.Identi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import AsyncConnection, sql
 
+from cdc.changes import column_advice, missing_columns, missing_columns_error
 from cdc.config import TableConfig
 from cdc.content import render_source_id
 from cdc.errors import ConfigError
@@ -36,12 +39,6 @@ class SourceTable:
     @property
     def identifier(self) -> sql.Identifier:
         return sql.Identifier(self.config.schema_name, self.config.table_name)
-
-    @property
-    def published_columns(self) -> Columns:
-        """Key, content and metadata columns, each once, in that order."""
-        names = (*self.key_names, *self.config.content_columns, *self.config.metadata)
-        return tuple(dict.fromkeys(names))
 
     def select_list(self) -> sql.Composed:
         """Key, content and metadata columns in their text form, the way pgoutput sends them."""
@@ -98,12 +95,11 @@ async def _describe(conn: AsyncConnection[tuple[object, ...]], table: TableConfi
     oid, identity = found[0], str(found[1])
     rows = await (await conn.execute(_COLUMNS_QUERY, (oid,))).fetchall()
     existing = {str(row[0]) for row in rows}
-    for key, names in _named_columns(table):
-        missing = [c for c in names if c not in existing]
-        if missing:
-            raise ConfigError(
-                f"{table.table}: {key} {missing} do not exist; the table has {sorted(existing)}"
-            )
+    missing = missing_columns(table, existing)
+    if missing:
+        raise ConfigError(
+            f"{missing_columns_error(table, missing)} (The table has {sorted(existing)}.)"
+        )
     keys = await (await conn.execute(_KEY_QUERY, (oid, identity))).fetchall()
     if not keys or identity == "n":
         raise ConfigError(
@@ -118,10 +114,16 @@ async def _describe(conn: AsyncConnection[tuple[object, ...]], table: TableConfi
     )
 
 
-def _named_columns(table: TableConfig) -> list[tuple[str, Sequence[str]]]:
-    """The configured column names, each with how the configuration names them."""
-    content = "columns" if table.template is None else "template placeholders"
-    return [(content, table.content_columns), ("metadata", table.metadata)]
+@contextmanager
+def columns_checked(table: SourceTable) -> Iterator[None]:
+    """A configured column renamed or dropped since the start: a `ConfigError` saying so."""
+    try:
+        yield
+    except psycopg.errors.UndefinedColumn as error:
+        raise ConfigError(
+            f"{table.name}: reading the source failed, {error.diag.message_primary} (a "
+            f"configured column renamed or dropped?). {column_advice(table.name)}"
+        ) from None
 
 
 def rows_by_keys_query(table: SourceTable) -> sql.Composed:
@@ -155,7 +157,8 @@ async def fetch_rows(
     if not keys:
         return {}
     arrays = [list(column) for column in zip(*keys, strict=True)]
-    cursor = await conn.execute(rows_by_keys_query(table), arrays)
+    with columns_checked(table):
+        cursor = await conn.execute(rows_by_keys_query(table), arrays)
     width = len(table.key_names)
     return {
         tuple(str(v) for v in row[:width]): tuple(row[width:]) for row in await cursor.fetchall()
@@ -176,7 +179,8 @@ async def stream_table(
     )
     async with conn.cursor(name=f"wal2vec_snapshot_{abs(hash(table.name))}") as cursor:
         cursor.itersize = batch_rows
-        await cursor.execute(query)
+        with columns_checked(table):
+            await cursor.execute(query)
         while rows := await cursor.fetchmany(batch_rows):
             yield rows
 

@@ -154,7 +154,10 @@ class TransactionAssembler:
     def _shape(self, relation: Relation) -> TableShape | None:
         name = f"{relation.namespace}.{relation.name}"
         table = self._tables.get(name)
-        return None if table is None else shape_for(relation, table, self._keys.get(name))
+        if table is None:
+            return None
+        previous = self._shapes.get(relation.relation_id)
+        return shape_for(relation, table, self._keys.get(name), previous)
 
     def _add_change(self, message: Insert | Update | Delete | Truncate) -> None:
         stream = self._current_stream

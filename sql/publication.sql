@@ -15,9 +15,14 @@ GRANT CONNECT ON DATABASE app TO wal2vec;
 GRANT USAGE ON SCHEMA public TO wal2vec;
 GRANT SELECT ON public.articles TO wal2vec;          -- every configured content table
 
--- 3. The publication: only the configured tables, and only the key, content and metadata
---    columns (column lists need PostgreSQL 15+; omit them for REPLICA IDENTITY FULL tables).
-CREATE PUBLICATION wal2vec FOR TABLE public.articles (id, title, body, author_id);
+-- 3. The publication: only the configured tables, each whole. No column list: PostgreSQL
+--    refuses `ALTER COLUMN ... TYPE` of a column in a publication's column list, which would
+--    block the application's migrations; wal2vec keeps only the configured columns itself.
+--    A table added to the configuration: ALTER PUBLICATION wal2vec ADD TABLE public.faqs;
+CREATE PUBLICATION wal2vec FOR TABLE public.articles;
+--    A publication with column lists, made by an earlier wal2vec, becomes whole-table with
+--    (`cdc setup` and `cdc run` do it):
+--    ALTER PUBLICATION wal2vec SET TABLE public.articles;
 -- wal2vec creates the slot itself on first start; do not create it here.
 
 -- 4. The sink (in the sink database; same as the source by default).
@@ -65,6 +70,29 @@ CREATE TABLE IF NOT EXISTS public.cdc_dead_letters (
     PRIMARY KEY (source_table, source_id, chunk)
 );
 
+-- Snapshots and per-table resyncs: where each stands, and the types of each table's key,
+-- content and metadata columns (a type change makes wal2vec re-read the table).
+CREATE TABLE IF NOT EXISTS public.cdc_snapshots (
+    slot text NOT NULL,
+    source_table text NOT NULL,
+    kind text NOT NULL,
+    status text NOT NULL,
+    phase text NOT NULL DEFAULT 'rows',
+    last_key text[],
+    last_source_id text,
+    rows_done bigint NOT NULL DEFAULT 0,
+    rows_estimated bigint,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    column_types jsonb,
+    PRIMARY KEY (slot, source_table)
+);
+-- Made by an earlier wal2vec, it lacks the last column:
+-- ALTER TABLE public.cdc_snapshots ADD COLUMN IF NOT EXISTS column_types jsonb;
+
 -- If a DBA creates the sink tables, the role needs only to write them:
 GRANT SELECT, INSERT, UPDATE, DELETE
-    ON public.cdc_embeddings, public.cdc_state, public.cdc_dead_letters TO wal2vec;
+    ON public.cdc_embeddings, public.cdc_state, public.cdc_dead_letters, public.cdc_snapshots
+    TO wal2vec;

@@ -181,12 +181,56 @@ def test_change_without_relation_or_transaction_is_a_protocol_error() -> None:
         assembler().feed(Insert(None, 16384, row("1")))
 
 
-def test_relation_missing_a_configured_column_names_it() -> None:
-    a = TransactionAssembler(
-        {"public.articles": TableConfig(table="public.articles", columns=["summary"])}
+def _renamed(relation: Relation, old: str, new: str) -> Relation:
+    columns = tuple(
+        RelationColumn(new if c.name == old else c.name, c.type_oid, c.type_modifier, c.is_key)
+        for c in relation.columns
     )
-    with pytest.raises(ConfigError, match="summary"):
+    return Relation(None, relation.relation_id, relation.namespace, relation.name, "d", columns)
+
+
+def _insert_one(a: TransactionAssembler, values: tuple[object, ...]) -> RowChange:
+    a.feed(Begin(final_lsn=500, commit_time=10, xid=7))
+    a.feed(Insert(None, 16384, values))
+    txn = a.feed(Commit(0, commit_lsn=500, end_lsn=560, commit_time=10))
+    assert txn is not None
+    (change,) = txn.changes
+    assert isinstance(change, RowChange)
+    return change
+
+
+def test_configured_column_renamed_under_the_stream_names_it_and_what_to_do() -> None:
+    a = assembler()
+    with pytest.raises(ConfigError) as error:
+        a.feed(_renamed(RELATION, "body", "text"))
+    message = error.value.message
+    assert "public.articles: column 'body' (tables[].columns) is not in the table" in message
+    assert "cdc setup" in message and "cdc resync --table public.articles" in message
+
+
+def test_changes_from_before_a_rename_the_configuration_follows_are_fetched_not_guessed() -> None:
+    # The configuration already names `text`; the slot resends changes made while it was `body`.
+    config = TableConfig(table="public.articles", columns=["title", "text"], metadata=["author_id"])
+    a = TransactionAssembler({"public.articles": config})
+    a.feed(RELATION)
+    old = _insert_one(a, row("1"))
+    assert old.key == ("1",) and old.source_id == "1"
+    assert old.content == (UNCHANGED_TOAST, UNCHANGED_TOAST)
+    assert old.metadata == (UNCHANGED_TOAST,) and old.has_unchanged_toast()
+    a.feed(_renamed(RELATION, "body", "text"))
+    new = _insert_one(a, row("2", "T", "B", "3"))
+    assert new.content == ("T", "B") and new.metadata == ("3",)
+    # Once the configured names were seen, losing one again is a rename under the stream.
+    with pytest.raises(ConfigError, match="'text'"):
         a.feed(RELATION)
+
+
+def test_a_dropped_column_the_configuration_does_not_name_is_no_concern() -> None:
+    a = assembler()
+    extra = (*RELATION.columns, RelationColumn("views", 23, -1, False))
+    a.feed(Relation(None, 16384, "public", "articles", "d", extra))
+    a.feed(RELATION)  # `views` dropped
+    assert _insert_one(a, row("1")).content == ("t", "b")
 
 
 def test_composite_key_renders_as_json_array() -> None:
