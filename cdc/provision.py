@@ -22,7 +22,9 @@ from cdc.schema import (
     create_publication,
     index_ddl,
     sink_ddl,
-    state_upgrade_ddl,
+)
+from cdc.schema import (
+    state_upgrades as schema_upgrades,
 )
 from cdc.source import SourceTable, check_wal_level, describe_tables
 
@@ -117,16 +119,20 @@ async def ensure(
 
 
 async def state_upgrades(settings: Settings, sink: Conn) -> list[sql.Composed]:
-    """Columns that state tables made by an earlier version lack."""
-    names = SinkNames.of(settings)
-    row = await (
-        await sink.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attname = 'column_types' AND NOT attisdropped)",
-            (names.snapshots.as_string(sink),) * 2,
-        )
-    ).fetchone()
-    return [state_upgrade_ddl(names)] if row is not None and row[0] else []
+    """The DDL adding the columns that state tables made by an earlier version lack."""
+    missing = []
+    for table, column, statement in schema_upgrades(SinkNames.of(settings)):
+        name = table.as_string(sink)
+        row = await (
+            await sink.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped)",
+                (name, name, column),
+            )
+        ).fetchone()
+        if row is not None and row[0]:
+            missing.append(statement)
+    return missing
 
 
 async def ensure_indexes(settings: Settings, sink: Conn) -> None:

@@ -86,14 +86,12 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
             "    snapshot_done boolean NOT NULL DEFAULT false,\n"
             "    model text,\n"
             "    dimensions integer,\n"
-            "    updated_at timestamptz NOT NULL DEFAULT now()\n"
+            "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
+            # A transaction applied in part (too large for the buffer): its commit LSN and
+            # how many of its changes the sink holds.
+            "    partial_commit_lsn pg_lsn,\n"
+            "    partial_changes bigint NOT NULL DEFAULT 0\n"
             ")"
-        ).format(names.state),
-        # A transaction applied in part (too large for the buffer): its commit LSN and how
-        # many of its changes the sink holds. Added after 0.1, hence not in CREATE TABLE.
-        sql.SQL(
-            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS partial_commit_lsn pg_lsn, "
-            "ADD COLUMN IF NOT EXISTS partial_changes bigint NOT NULL DEFAULT 0"
         ).format(names.state),
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (\n"
@@ -132,13 +130,29 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
     ]
 
 
-def state_upgrade_ddl(names: SinkNames) -> sql.Composed:
-    """What a `cdc_snapshots` made by an earlier version lacks: the types of the watched
-    columns (`cdc.migrations`). Run only when the column is missing: ALTER TABLE needs the
-    table's owner even when there is nothing to do."""
-    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS column_types jsonb").format(
-        names.snapshots
-    )
+def state_upgrades(names: SinkNames) -> list[tuple[sql.Identifier, str, sql.Composed]]:
+    """Columns that state tables made by an earlier version lack: (table, column, the DDL
+    that adds it). Run only when the column is missing: ALTER TABLE needs the table's owner
+    even when there is nothing to do."""
+    return [
+        # The types of the watched columns (`cdc.migrations`).
+        (
+            names.snapshots,
+            "column_types",
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS column_types jsonb").format(
+                names.snapshots
+            ),
+        ),
+        # A checkpoint inside a transaction applied in parts (`cdc.positions`).
+        (
+            names.state,
+            "partial_commit_lsn",
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS partial_commit_lsn pg_lsn, "
+                "ADD COLUMN IF NOT EXISTS partial_changes bigint NOT NULL DEFAULT 0"
+            ).format(names.state),
+        ),
+    ]
 
 
 def sink_ddl(settings: Settings, *, indexes: bool = True) -> list[sql.Composed]:

@@ -53,7 +53,11 @@ CREATE TABLE IF NOT EXISTS public.cdc_state (
     snapshot_done boolean NOT NULL DEFAULT false,
     model text,
     dimensions integer,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    -- A transaction too large for the buffer is applied in parts: its commit LSN and how
+    -- many of its changes the sink holds, so a restart resumes inside it.
+    partial_commit_lsn pg_lsn,
+    partial_changes bigint NOT NULL DEFAULT 0
 );
 
 -- Rows the embedding API rejected for good, with the error; the stream goes on without them.
