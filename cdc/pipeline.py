@@ -37,6 +37,7 @@ from cdc.frames import (
     pg_timestamp,
     xlogdata_wal_end,
 )
+from cdc.heap import TRIM_AFTER_ROWS, release_free_memory
 from cdc.metrics import Health, Metrics
 from cdc.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
 from cdc.plan import RowState
@@ -328,6 +329,8 @@ class Streamer:
         self._last_status = time.monotonic()
         self._in_flight.pop()
         self._publish_positions()  # lag falls the moment a batch lands
+        if len(batch.rows) >= TRIM_AFTER_ROWS and self._buffer.empty:
+            release_free_memory()
 
     async def _flush_partial(self, batch: Batch) -> None:
         """Apply some tables' changes ahead of the rest; the checkpoint stays where it is."""

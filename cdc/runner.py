@@ -24,6 +24,7 @@ from cdc.apply import Applier
 from cdc.config import Settings
 from cdc.embed import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
+from cdc.heap import release_free_memory
 from cdc.metrics import Health, Metrics
 from cdc.migrations import TypeWatch
 from cdc.monitor import observing
@@ -188,6 +189,7 @@ async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event
     snapshot = SnapshotParts(parts.settings, parts.sink, parts.applier, metrics, stop)
     checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
     await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)
+    release_free_memory()
     return Position(checkpoint)
 
 
