@@ -49,8 +49,12 @@ class Applier:
         self._known = KnownRows(settings.sink.known_rows)
 
     def sibling(self, sink: Sink) -> Applier:
-        """An applier like this one writing through `sink` (another connection)."""
-        return Applier(self._settings, sink, self._provider, self._metrics)
+        """An applier like this one writing through `sink` (another connection), sharing what
+        this one knows the sink holds: siblings (the snapshot's writers) write disjoint rows,
+        so no row's entry can be overtaken by an older commit of another sibling."""
+        sibling = Applier(self._settings, sink, self._provider, self._metrics)
+        sibling._known = self._known
+        return sibling
 
     def forget_tables(self, tables: Sequence[str]) -> None:
         """Stop trusting what this process remembers the sink holds for `tables`."""

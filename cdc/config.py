@@ -63,7 +63,7 @@ class SinkConfig(_Strict):
     table: str = "cdc_embeddings"
     vector_type: Literal["vector", "halfvec"] = "vector"
     # Rows whose last committed state this process remembers, so unchanged rows skip the
-    # sink lookup (about 240 bytes each; each snapshot writer keeps its own).
+    # sink lookup (about 240 bytes each, shared by the snapshot's writers).
     known_rows: int = Field(200_000, ge=0)
 
 
