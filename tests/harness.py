@@ -31,9 +31,16 @@ from tests.fakes.openai_server import embed_vector
 DIMENSIONS = 32
 MODEL = "text-embedding-3-small"
 REPO = Path(__file__).resolve().parent.parent
+# How long a wait may take before the test fails. Generous: CI runs on two shared, loaded cores,
+# and a deadline only bounds how long a failure takes to report, never how fast success is.
+DEADLINE = 120.0
+# How long a process gets after SIGTERM before a test's teardown sends SIGKILL.
+STOP_GRACE = 30.0
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
+) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     delay = 0.01
@@ -149,16 +156,22 @@ class Deployment:
     def start(self, *extra_args: str) -> CdcProcess:
         self.write_config()
         log = self.workdir / f"cdc-run-{time.monotonic_ns()}.log"
-        handle = log.open("w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "run", "--config", str(self.config_path), *extra_args],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=self.env(),
-        )
+        command = [sys.executable, "-m", "cdc", "run", "--config", str(self.config_path)]
+        with log.open("w") as handle:  # the child has its own copy of the descriptor
+            process = subprocess.Popen(
+                [*command, *extra_args],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+            )
         started = CdcProcess(process, log)
         self.processes.append(started)
         return started
+
+    def stop_all(self, grace: float = STOP_GRACE) -> None:
+        """End every `cdc run` this deployment started, whatever state the test left it in."""
+        for process in self.processes:
+            process.terminate(grace)
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True)
@@ -202,11 +215,11 @@ class Deployment:
                 return False  # `cdc run` has not created its tables yet
             return bool(row and row[0])
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = DEADLINE) -> None:
         """Wait until `cdc run` finished its snapshot and streams."""
         wait_until(lambda: self._alive() and self.snapshot_done(), timeout, "snapshot done")
 
-    def wait_caught_up(self, timeout: float = 60.0) -> None:
+    def wait_caught_up(self, timeout: float = DEADLINE) -> None:
         """Wait until every change committed so far is in the sink.
 
         A no-op transaction after the workload moves the server's position; the confirmed
@@ -253,7 +266,7 @@ class CdcProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def stop(self, timeout: float = 60) -> int:
+    def stop(self, timeout: float = DEADLINE) -> int:
         """SIGTERM, then wait for the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -262,11 +275,28 @@ class CdcProcess:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-        self.process.wait(30)
+        self.process.wait(DEADLINE)
+
+    def terminate(self, grace: float = STOP_GRACE) -> int:
+        """Teardown: SIGTERM, `grace` seconds to exit, then SIGKILL; always reaped."""
+        return stop_process(self.process, grace)
 
     def assert_running(self) -> None:
         code = self.process.poll()
         assert code is None, f"cdc run exited with {code}:\n{self.output}"
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = STOP_GRACE) -> int:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL and wait: no process outlives its test.
+
+    Returns the exit code (negative for a signal)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
 
 
 def expected_vectors(deployment: Deployment) -> dict[tuple[str, str, int], str]:

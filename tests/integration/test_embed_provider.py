@@ -37,16 +37,12 @@ FAST = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01)
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(dimensions=DIMS) as server:
-        yield server
-
-
 @pytest.fixture
-def server(shared_server: FakeOpenAIServer) -> FakeOpenAIServer:
-    shared_server.reset()
-    return shared_server
+def server() -> Iterator[FakeOpenAIServer]:
+    """A fake endpoint of the test's own: a slow handler of one test never answers into the
+    next one's counts."""
+    with FakeOpenAIServer(dimensions=DIMS) as fake:
+        yield fake
 
 
 class Attempts:

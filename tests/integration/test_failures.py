@@ -41,10 +41,10 @@ def test_kill_9_mid_workload_then_restart_loses_nothing_and_leaves_nothing_stale
     writer = threading.Thread(target=_workload, args=(deployment, 1500, stop))
     writer.start()
     try:
-        wait_until(lambda: len(deployment.sink_rows()) > 20, 60, "some vectors written")
+        wait_until(lambda: len(deployment.sink_rows()) > 20, what="some vectors written")
         first.kill()
         second = deployment.start()
-        wait_until(lambda: endpoint.requests > 0, 30, "the restarted streamer at work")
+        wait_until(lambda: endpoint.requests > 0, what="the restarted streamer at work")
     finally:
         writer.join()
     deployment.wait_caught_up()
@@ -98,7 +98,7 @@ def test_sigterm_flushes_what_is_buffered_and_exits_0(
     deployment.wait_ready()
     deployment.execute("INSERT INTO articles (id, title) VALUES (1, 'buffered')")
     target = deployment.current_lsn()
-    wait_until(lambda: scrape(port, "cdc_buffer_rows") == 1.0, 30, "the change in the buffer")
+    wait_until(lambda: scrape(port, "cdc_buffer_rows") == 1.0, what="the change in the buffer")
     assert endpoint.requests == 0
     assert process.stop() == 0, process.output
     assert [r["source_id"] for r in deployment.sink_rows()] == ["1"]
@@ -167,7 +167,7 @@ def test_a_quiet_publication_does_not_hold_back_the_slot(
     )
     target = deployment.current_lsn()
     # Nothing in the publication changed; keepalives alone must move the confirmed position.
-    wait_until(lambda: deployment.checkpoint_reached(target), 60, "confirmed past quiet WAL")
+    wait_until(lambda: deployment.checkpoint_reached(target), what="confirmed past quiet WAL")
 
 
 def test_status_reports_slot_lag_and_vectors(deployment: Deployment, running: CdcProcess) -> None:
@@ -198,7 +198,7 @@ def test_kill_9_during_the_snapshot_is_recovered_by_the_next_start(
     deployment.extra = {"snapshot": {"batch_rows": batch_rows, "workers": workers}}
     endpoint.latency = 0.3  # about 1.5 s of snapshot: five batches of 1000 rows
     first = deployment.start()
-    wait_until(lambda: len(deployment.sink_rows()) >= 1000, 60, "part of the snapshot written")
+    wait_until(lambda: len(deployment.sink_rows()) >= 1000, what="part of the snapshot written")
     assert not deployment.snapshot_done()
     first.kill()
     endpoint.latency = 0.0
