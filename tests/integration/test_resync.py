@@ -7,7 +7,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -351,11 +350,11 @@ def test_a_slot_lost_past_max_slot_wal_keep_size_exits_3_and_resync_recovers(
         with psycopg.connect(deployment.dsn, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
             conn.execute("SELECT pg_reload_conf()")
-    started = time.monotonic()
-    result = deployment.cli("run", timeout=60)
+    result = deployment.cli("run")
     assert result.returncode == 3, result.stderr
     assert "cdc resync" in result.stderr and "lost" in result.stderr
-    assert time.monotonic() - started < 30, "a lost slot was retried instead of reported"
+    # Reported at once, not retried: no "starting again" before giving up.
+    assert "starting again" not in result.stderr, "a lost slot was retried instead of reported"
     status = deployment.cli("status")
     assert status.returncode == 1 and "cdc resync" in status.stdout
     result = deployment.cli("resync")
