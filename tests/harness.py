@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -284,6 +286,83 @@ class CdcProcess:
     def assert_running(self) -> None:
         code = self.process.poll()
         assert code is None, f"cdc run exited with {code}:\n{self.output}"
+
+
+class Workload(threading.Thread):
+    """A writer beside `cdc run`: small transactions on `articles` until halted.
+
+    The mix a content table sees: inserts (some upserts), edits of the embedded columns, edits
+    of other columns only (they must cost no API call and change nothing in the sink), deletes,
+    and transactions of several of these at once, over a few hundred ids so rows are inserted,
+    edited and deleted again. Seeded, so a failure can be replayed (the seed is in `repr`).
+
+    Writes on through a database restart: a lost connection is opened again (counted in
+    `reconnects`). Any other error stops it and is kept in `error` for the test to raise.
+    """
+
+    def __init__(self, deployment: Deployment, seed: int | None = None, ids: int = 300) -> None:
+        super().__init__(name="workload", daemon=True)
+        self.deployment = deployment
+        self.seed = random.randrange(2**32) if seed is None else seed
+        self.ids = ids
+        self.halt = threading.Event()
+        self.transactions = 0
+        self.reconnects = 0
+        self.error: BaseException | None = None
+        self._random = random.Random(self.seed)
+
+    def __repr__(self) -> str:
+        return f"Workload(seed={self.seed}, transactions={self.transactions})"
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                try:
+                    with psycopg.connect(self.deployment.dsn) as conn:
+                        while not self.halt.is_set():
+                            with conn.transaction():
+                                for _ in range(self._random.choice((1, 1, 1, 2, 4))):
+                                    self._write(conn)
+                            self.transactions += 1
+                except psycopg.OperationalError:
+                    # The server went away (a restart): connect again once it is back.
+                    self.reconnects += 1
+                    self.halt.wait(0.1)  # polling interval while the server restarts
+        except BaseException as error:  # handed to the test thread by stop()
+            self.error = error
+
+    def _write(self, conn: psycopg.Connection[Any]) -> None:
+        rng = self._random
+        key = rng.randrange(self.ids)
+        kind = rng.random()
+        if kind < 0.35:
+            conn.execute(
+                "INSERT INTO articles (id, title, body, author_id) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+                (key, f"title {key}", f"body {rng.randrange(10**6)} of {key}", key % 7),
+            )
+        elif kind < 0.6:
+            conn.execute(
+                "UPDATE articles SET title = %s WHERE id = %s",
+                (f"title {key} edited {rng.randrange(10**6)}", key),
+            )
+        elif kind < 0.8:
+            conn.execute(
+                "UPDATE articles SET views = views + 1, author_id = %s WHERE id = %s",
+                (rng.randrange(7), key),
+            )
+        elif kind < 0.9:
+            conn.execute("UPDATE articles SET body = NULL, title = NULL WHERE id = %s", (key,))
+        else:
+            conn.execute("DELETE FROM articles WHERE id = %s", (key,))
+
+    def stop(self) -> None:
+        """Halt, join, and raise what went wrong in the writer, if anything."""
+        self.halt.set()
+        self.join(DEADLINE)
+        assert not self.is_alive(), f"{self!r} did not stop"
+        if self.error is not None:
+            raise AssertionError(f"{self!r} failed") from self.error
 
 
 def stop_process(process: subprocess.Popen[Any], grace: float = STOP_GRACE) -> int:
