@@ -11,7 +11,7 @@ from __future__ import annotations
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import Deployment, Table, assert_in_step, wait_until
 
-BULK_ROWS = 100_000
+BULK_ROWS = 20_000
 
 
 def count(deployment: Deployment, source_table: str) -> int:
