@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded PostgreSQL and one fake OpenAI endpoint per test session."""
+"""Shared fixtures: one embedded PostgreSQL per test session; per test, a database of its own,
+a fake OpenAI endpoint of its own, and the `cdc` processes it started, all stopped at teardown."""
 
 from __future__ import annotations
 
@@ -19,18 +20,15 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     server.close()
 
 
-@pytest.fixture(scope="session")
-def openai_server() -> Iterator[FakeOpenAIServer]:
+@pytest.fixture
+def endpoint() -> Iterator[FakeOpenAIServer]:
+    """A fake endpoint of the test's own, on a port of its own, stopped at teardown.
+
+    Never shared: a streamer a previous test left behind cannot answer into this test's counts.
+    Starting one costs a socket and a thread (about a millisecond).
+    """
     with FakeOpenAIServer(dimensions=DIMENSIONS) as server:
         yield server
-
-
-@pytest.fixture
-def endpoint(openai_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
-    """The session's fake endpoint, reset before and after each test."""
-    openai_server.reset()
-    yield openai_server
-    openai_server.reset()
 
 
 @pytest.fixture
@@ -63,7 +61,11 @@ def running(deployment: Deployment) -> Iterator[CdcProcess]:
 
 @pytest.fixture
 def deployment(database: str, endpoint: FakeOpenAIServer, tmp_path: Path) -> Iterator[Deployment]:
-    """A database with an `articles` table and a wal2vec config streaming it."""
+    """A database with an `articles` table and a wal2vec config streaming it.
+
+    At teardown every `cdc run` it started is stopped (SIGTERM, then SIGKILL after a grace
+    period), whatever the test asserted, so none outlives its test.
+    """
     dep = Deployment(
         dsn=database,
         slot=unique_slot(),
@@ -71,5 +73,8 @@ def deployment(database: str, endpoint: FakeOpenAIServer, tmp_path: Path) -> Ite
         workdir=tmp_path,
         tables=[Table("public.articles", ["title", "body"], ["author_id"])],
     )
-    dep.execute(ARTICLES_DDL)
-    yield dep
+    try:
+        dep.execute(ARTICLES_DDL)
+        yield dep
+    finally:
+        dep.stop_all()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -31,9 +33,16 @@ from tests.fakes.openai_server import embed_vector
 DIMENSIONS = 32
 MODEL = "text-embedding-3-small"
 REPO = Path(__file__).resolve().parent.parent
+# How long a wait may take before the test fails. Generous: CI runs on two shared, loaded cores,
+# and a deadline only bounds how long a failure takes to report, never how fast success is.
+DEADLINE = 120.0
+# How long a process gets after SIGTERM before a test's teardown sends SIGKILL.
+STOP_GRACE = 30.0
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
+) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     delay = 0.01
@@ -152,16 +161,22 @@ class Deployment:
     def start(self, *extra_args: str) -> CdcProcess:
         self.write_config()
         log = self.workdir / f"cdc-run-{time.monotonic_ns()}.log"
-        handle = log.open("w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "run", "--config", str(self.config_path), *extra_args],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=self.env(),
-        )
+        command = [sys.executable, "-m", "cdc", "run", "--config", str(self.config_path)]
+        with log.open("w") as handle:  # the child has its own copy of the descriptor
+            process = subprocess.Popen(
+                [*command, *extra_args],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+            )
         started = CdcProcess(process, log)
         self.processes.append(started)
         return started
+
+    def stop_all(self, grace: float = STOP_GRACE) -> None:
+        """End every `cdc run` this deployment started, whatever state the test left it in."""
+        for process in self.processes:
+            process.terminate(grace)
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True)
@@ -205,11 +220,11 @@ class Deployment:
                 return False  # `cdc run` has not created its tables yet
             return bool(row and row[0])
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = DEADLINE) -> None:
         """Wait until `cdc run` finished its snapshot and streams."""
         wait_until(lambda: self._alive() and self.snapshot_done(), timeout, "snapshot done")
 
-    def wait_caught_up(self, timeout: float = 60.0) -> None:
+    def wait_caught_up(self, timeout: float = DEADLINE) -> None:
         """Wait until every change committed so far is in the sink.
 
         A no-op transaction after the workload moves the server's position; the confirmed
@@ -256,7 +271,7 @@ class CdcProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def stop(self, timeout: float = 60) -> int:
+    def stop(self, timeout: float = DEADLINE) -> int:
         """SIGTERM, then wait for the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -265,11 +280,105 @@ class CdcProcess:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-        self.process.wait(30)
+        self.process.wait(DEADLINE)
+
+    def terminate(self, grace: float = STOP_GRACE) -> int:
+        """Teardown: SIGTERM, `grace` seconds to exit, then SIGKILL; always reaped."""
+        return stop_process(self.process, grace)
 
     def assert_running(self) -> None:
         code = self.process.poll()
         assert code is None, f"cdc run exited with {code}:\n{self.output}"
+
+
+class Workload(threading.Thread):
+    """A writer beside `cdc run`: small transactions on `articles` until halted.
+
+    The mix a content table sees: inserts (some upserts), edits of the embedded columns, edits
+    of other columns only (they must cost no API call and change nothing in the sink), deletes,
+    and transactions of several of these at once, over a few hundred ids so rows are inserted,
+    edited and deleted again. Seeded, so a failure can be replayed (the seed is in `repr`).
+
+    Writes on through a database restart: a lost connection is opened again (counted in
+    `reconnects`). Any other error stops it and is kept in `error` for the test to raise.
+    """
+
+    def __init__(self, deployment: Deployment, seed: int | None = None, ids: int = 300) -> None:
+        super().__init__(name="workload", daemon=True)
+        self.deployment = deployment
+        self.seed = random.randrange(2**32) if seed is None else seed
+        self.ids = ids
+        self.halt = threading.Event()
+        self.transactions = 0
+        self.reconnects = 0
+        self.error: BaseException | None = None
+        self._random = random.Random(self.seed)
+
+    def __repr__(self) -> str:
+        return f"Workload(seed={self.seed}, transactions={self.transactions})"
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                try:
+                    with psycopg.connect(self.deployment.dsn) as conn:
+                        while not self.halt.is_set():
+                            with conn.transaction():
+                                for _ in range(self._random.choice((1, 1, 1, 2, 4))):
+                                    self._write(conn)
+                            self.transactions += 1
+                except psycopg.OperationalError:
+                    # The server went away (a restart): connect again once it is back.
+                    self.reconnects += 1
+                    self.halt.wait(0.1)  # polling interval while the server restarts
+        except BaseException as error:  # handed to the test thread by stop()
+            self.error = error
+
+    def _write(self, conn: psycopg.Connection[Any]) -> None:
+        rng = self._random
+        key = rng.randrange(self.ids)
+        kind = rng.random()
+        if kind < 0.35:
+            conn.execute(
+                "INSERT INTO articles (id, title, body, author_id) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+                (key, f"title {key}", f"body {rng.randrange(10**6)} of {key}", key % 7),
+            )
+        elif kind < 0.6:
+            conn.execute(
+                "UPDATE articles SET title = %s WHERE id = %s",
+                (f"title {key} edited {rng.randrange(10**6)}", key),
+            )
+        elif kind < 0.8:
+            conn.execute(
+                "UPDATE articles SET views = views + 1, author_id = %s WHERE id = %s",
+                (rng.randrange(7), key),
+            )
+        elif kind < 0.9:
+            conn.execute("UPDATE articles SET body = NULL, title = NULL WHERE id = %s", (key,))
+        else:
+            conn.execute("DELETE FROM articles WHERE id = %s", (key,))
+
+    def stop(self) -> None:
+        """Halt, join, and raise what went wrong in the writer, if anything."""
+        self.halt.set()
+        self.join(DEADLINE)
+        assert not self.is_alive(), f"{self!r} did not stop"
+        if self.error is not None:
+            raise AssertionError(f"{self!r} failed") from self.error
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = STOP_GRACE) -> int:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL and wait: no process outlives its test.
+
+    Returns the exit code (negative for a signal)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
 
 
 def expected_vectors(deployment: Deployment) -> dict[tuple[str, str, int], str]:

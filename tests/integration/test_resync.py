@@ -7,7 +7,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -334,7 +333,7 @@ def _invalidate_slot(deployment: Deployment) -> None:
             ).fetchone()
         return row is not None and row[0] == "lost"
 
-    wait_until(lost, timeout=60, what="the slot to be invalidated")
+    wait_until(lost, what="the slot to be invalidated")
 
 
 def test_a_slot_lost_past_max_slot_wal_keep_size_exits_3_and_resync_recovers(
@@ -351,11 +350,11 @@ def test_a_slot_lost_past_max_slot_wal_keep_size_exits_3_and_resync_recovers(
         with psycopg.connect(deployment.dsn, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
             conn.execute("SELECT pg_reload_conf()")
-    started = time.monotonic()
-    result = deployment.cli("run", timeout=60)
+    result = deployment.cli("run")
     assert result.returncode == 3, result.stderr
     assert "cdc resync" in result.stderr and "lost" in result.stderr
-    assert time.monotonic() - started < 30, "a lost slot was retried instead of reported"
+    # Reported at once, not retried: no "starting again" before giving up.
+    assert "starting again" not in result.stderr, "a lost slot was retried instead of reported"
     status = deployment.cli("status")
     assert status.returncode == 1 and "cdc resync" in status.stdout
     result = deployment.cli("resync")
@@ -374,23 +373,26 @@ def test_resync_can_be_killed_and_the_snapshot_started_again(
     endpoint.latency = 0.3
     deployment.extra = {"snapshot": {"batch_rows": 5}}
     deployment.write_config()
-    resync = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "resync", "--config", str(deployment.config_path)],
-        env=deployment.env(),
-        stdout=(deployment.workdir / "resync.out").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_until(
-        lambda: (
-            (p := progress(deployment)) is not None
-            and p["kind"] == "snapshot"
-            and p["status"] == "running"
-            and p["rows_done"] >= 10
-        ),
-        what="the resync's snapshot to get some way",
-    )
-    resync.kill()
-    resync.wait(30)
+    with (deployment.workdir / "resync.out").open("w") as out:
+        resync = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "resync", "--config", str(deployment.config_path)],
+            env=deployment.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: (
+                (p := progress(deployment)) is not None
+                and p["kind"] == "snapshot"
+                and p["status"] == "running"
+                and p["rows_done"] >= 10
+            ),
+            what="the resync's snapshot to get some way",
+        )
+    finally:
+        resync.kill()
+        resync.wait()
     endpoint.latency = 0.0
     process = deployment.start()
     try:

@@ -71,7 +71,7 @@ def test_streamer_reconnects_when_its_replication_connection_is_killed(
         deployment.execute("INSERT INTO articles (id, title) VALUES (2, 'after')")
         deployment.wait_caught_up()
         assert assert_in_step(deployment) == 2
-        wait_until(lambda: "starting again" in process.output, 10, "the reconnect logged")
+        wait_until(lambda: "starting again" in process.output, what="the reconnect logged")
     finally:
         assert process.stop() == 0, process.output
 
