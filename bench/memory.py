@@ -50,7 +50,7 @@ from bench.common import (  # noqa: E402
     work_directory,
 )
 from bench.e2e import run_recvlogical  # noqa: E402
-from tests.harness import DIMENSIONS, MODEL, CdcProcess, Deployment, Table  # noqa: E402
+from tests.harness import DIMENSIONS, CdcProcess, Deployment, Table, seed_vectors  # noqa: E402
 
 ARTICLES_DDL = (
     "CREATE TABLE articles (id bigint PRIMARY KEY, title text, body text, "
@@ -154,27 +154,8 @@ def load_rows(dep: Deployment, rows: int, body_chars: int) -> None:
 
 
 def seed_sink(dep: Deployment) -> None:
-    """The vectors of every row as `cdc run` would have written them, with SQL: the snapshot
-    then finds every hash unchanged and embeds nothing."""
-    result = dep.cli("setup")
-    if result.returncode != 0:
-        raise RuntimeError(f"cdc setup failed: {result.stderr.strip()}")
-    vector = "[" + ",".join(["0.1"] * DIMENSIONS) + "]"
-    with dep.connect() as conn:
-        # No HNSW index: building one over millions of vectors would take longer than the
-        # scenario. A btree under its name keeps `cdc run` from building it (CREATE INDEX IF
-        # NOT EXISTS); nothing is written to the sink's vectors here anyway.
-        conn.execute("DROP INDEX IF EXISTS cdc_embeddings_embedding_idx")
-        conn.execute(
-            "INSERT INTO cdc_embeddings (source_table, source_id, chunk, content, content_hash, "
-            "model, embedding) SELECT 'public.articles', id::text, 0, c, "
-            "encode(sha256(convert_to(c, 'UTF8')), 'hex'), %s, %s::vector "
-            "FROM (SELECT id, title || E'\\n\\n' || body AS c FROM articles) a",
-            (MODEL, vector),
-        )
-        conn.execute("CREATE INDEX cdc_embeddings_embedding_idx ON cdc_embeddings (chunk)")
-        conn.execute("VACUUM ANALYZE cdc_embeddings")
-        conn.execute("VACUUM ANALYZE articles")
+    seed_vectors(dep, placeholder_index=True)
+    dep.execute("VACUUM ANALYZE articles")
 
 
 # ---- scenarios -----------------------------------------------------------------------------

@@ -435,3 +435,25 @@ def assert_in_step(deployment: Deployment, sink_table: str = "cdc_embeddings") -
         wanted = embed_vector(content, DIMENSIONS)
         assert np.allclose(stored, wanted, atol=1e-5), f"{key}: the vector is not its content's"
     return len(expected)
+
+
+def seed_vectors(deployment: Deployment, *, placeholder_index: bool = False) -> None:
+    """The vector of every `articles` row (content `title`, blank line, `body`; one chunk),
+    written with SQL as `cdc run` would have: a snapshot then only compares hashes. No HNSW
+    index, as after a bulk load; with `placeholder_index`, a btree under its name keeps
+    `cdc run` from building one (over millions of rows that would take longer than a bench)."""
+    result = deployment.cli("setup")
+    assert result.returncode == 0, result.stderr
+    vector = "[" + ",".join(["0.1"] * DIMENSIONS) + "]"
+    with deployment.connect() as conn:
+        conn.execute("DROP INDEX IF EXISTS cdc_embeddings_embedding_idx")
+        conn.execute(
+            "INSERT INTO cdc_embeddings (source_table, source_id, chunk, content, content_hash, "
+            "model, embedding) SELECT 'public.articles', id::text, 0, c, "
+            "encode(sha256(convert_to(c, 'UTF8')), 'hex'), %s, %s::vector "
+            "FROM (SELECT id, title || E'\\n\\n' || body AS c FROM articles) a",
+            (MODEL, vector),
+        )
+        if placeholder_index:
+            conn.execute("CREATE INDEX cdc_embeddings_embedding_idx ON cdc_embeddings (chunk)")
+        conn.execute("VACUUM ANALYZE cdc_embeddings")

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.openai_server import FakeOpenAIServer, embed_text
+from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import (
-    DIMENSIONS,
-    MODEL,
     Deployment,
     assert_in_step,
     free_port,
     scrape,
+    seed_vectors,
     wait_until,
 )
 
@@ -155,20 +154,3 @@ def test_one_huge_update_of_a_non_content_column_stays_in_bounded_memory(
     assert endpoint.requests == 0  # nothing to embed: only a non-content column changed
     process.assert_running()
     assert process.stop() == 0, process.output
-
-
-def seed_vectors(deployment: Deployment) -> None:
-    """Every row's vector, written with SQL as `cdc run` would have: the snapshot then only
-    compares hashes. Without the index, as a bulk load would be."""
-    result = deployment.cli("setup")
-    assert result.returncode == 0, result.stderr
-    vector = embed_text("", DIMENSIONS)
-    with deployment.connect() as conn:
-        conn.execute("DROP INDEX IF EXISTS cdc_embeddings_embedding_idx")
-        conn.execute(
-            "INSERT INTO cdc_embeddings (source_table, source_id, chunk, content, content_hash, "
-            "model, embedding) SELECT 'public.articles', id::text, 0, c, "
-            "encode(sha256(convert_to(c, 'UTF8')), 'hex'), %s, %s::vector "
-            "FROM (SELECT id, title || E'\\n\\n' || body AS c FROM articles) a",
-            (MODEL, str(vector)),
-        )
