@@ -108,13 +108,17 @@ class Sampler:
         self._process = process
         self._stop = threading.Event()
         self.buffer_rows: list[float] = []
+        self.failed = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            with contextlib.suppress(OSError):
+            try:
                 values = scrape(self._process, lambda name, _: name == "cdc_buffer_rows")
-                self.buffer_rows.append(values.get("cdc_buffer_rows", 0.0))
+            except Exception:  # a scrape that fails under load is a sample missed, no more
+                self.failed += 1
+                continue
+            self.buffer_rows.append(values.get("cdc_buffer_rows", 0.0))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Sampler]:
@@ -228,6 +232,8 @@ def one_transaction(ctx: Context, dep: Deployment, statement: str) -> dict[str, 
         "peak_over_idle": ratio(peak_kib, idle_kib),
         "buffer_max_rows": MAX_ROWS,
         "buffer_rows_max_seen": int(max(sampler.buffer_rows, default=0)),
+        "buffer_samples": len(sampler.buffer_rows),
+        "buffer_samples_failed": sampler.failed,
         "stop_seconds_after": round(stop_seconds, 3),
         "under_300_mb": peak_kib < 300 * 1024,
     }
