@@ -83,6 +83,12 @@ async def build_indexes(
                     "SELECT set_config('max_parallel_maintenance_workers', "
                     "current_setting('max_parallel_workers'), true)"
                 )
+                if conn.info.server_version >= 140000:
+                    # A build takes minutes; if `cdc run` is gone meanwhile (a kill, or its
+                    # shutdown_timeout), the server ends it instead of building on for no one.
+                    await conn.execute(
+                        "SELECT set_config('client_connection_check_interval', '2s', true)"
+                    )
                 await _check_memory(conn, schema, table, vector_type)
                 await conn.execute(index_ddl(schema, table, vector_type))
         finally:
