@@ -21,7 +21,7 @@ from prometheus_client import disable_created_metrics
 from cdc import __version__
 from cdc.config import Settings, known_secrets, load_config
 from cdc.content import tokenizer_for
-from cdc.embed import EmbeddingProvider, OpenAIProvider, RetryPolicy
+from cdc.embedding.providers import EmbeddingProvider, OpenAIProvider, RetryPolicy
 from cdc.errors import CdcError, ConfigError
 from cdc.logs import Scrubber, configure_logging, scrubbed_output
 from cdc.metrics import Health, Metrics, serve_http
@@ -151,7 +151,7 @@ def _global_options(parser: argparse.ArgumentParser, *, config: bool, default: o
 
 
 async def _setup(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.provision import connect, ensure, setup_script
+    from cdc.sink.provision import connect, ensure, setup_script
 
     source = await connect(settings.source.dsn, "source")
     sink = await connect(settings.sink_dsn, "sink")
@@ -171,7 +171,7 @@ async def _setup(settings: Settings, args: argparse.Namespace) -> int:
 
 def make_provider(settings: Settings, metrics: Metrics | None = None) -> EmbeddingProvider:
     if settings.embedding.provider == "local":
-        from cdc.local_embed import make_local_provider
+        from cdc.embedding.local import make_local_provider
 
         return make_local_provider(settings, metrics.record_request if metrics else None)
     embedding = settings.embedding
@@ -194,7 +194,7 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.runner import run
+    from cdc.pipeline.runner import run
 
     # Counters' `_created` series only clutter dashboards; process-wide, so set here, once.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -214,9 +214,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _resync(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.full_resync import resync_all
-    from cdc.resync import request_table_resync, slot_active, wait_for_resyncs
-    from cdc.runner import run
+    from cdc.pipeline.runner import run
+    from cdc.source.full_resync import resync_all
+    from cdc.source.resync import request_table_resync, slot_active, wait_for_resyncs
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics, stop = Metrics(), asyncio.Event()
@@ -275,7 +275,7 @@ def _exit_now(deadline: float) -> None:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.status import collect_status, render_status
+    from cdc.commands.status import collect_status, render_status
 
     report = await collect_status(settings)
     print(json.dumps(report, indent=2) if args.json else render_status(report))
@@ -283,7 +283,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.verify import render_outcome, verify
+    from cdc.commands.verify import render_outcome, verify
 
     outcome = await verify(settings, args.table, args.repair, make_provider)
     print(json.dumps(outcome.as_dict(), indent=2) if args.json else render_outcome(outcome))
@@ -291,7 +291,7 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dead_letters_list(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.deadletters import list_dead_letters, render_list
+    from cdc.commands.dead_letters import list_dead_letters, render_list
 
     rows = await list_dead_letters(settings, args.table)
     if args.json:
@@ -302,7 +302,7 @@ async def _dead_letters_list(settings: Settings, args: argparse.Namespace) -> in
 
 
 async def _dead_letters_retry(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.deadletters import render_retry, retry_dead_letters
+    from cdc.commands.dead_letters import render_retry, retry_dead_letters
 
     report = await retry_dead_letters(settings, args.table, make_provider)
     print(json.dumps(report.as_dict(), indent=2) if args.json else render_retry(report))
@@ -310,7 +310,7 @@ async def _dead_letters_retry(settings: Settings, args: argparse.Namespace) -> i
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from cdc.demo import run_demo
+    from cdc.commands.demo import run_demo
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     # SIGTERM as Ctrl-C: cancel, so the streamer drains and the server stops on the way out.
@@ -335,7 +335,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _teardown(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.status import teardown
+    from cdc.commands.status import teardown
 
     for line in await teardown(settings, drop_publication=args.all):
         print(line)
@@ -374,7 +374,7 @@ def _search_parsers(
 
 
 async def _search(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.search import check_search, hits_json, parse_where, render_hits, search
+    from cdc.commands.search import check_search, hits_json, parse_where, render_hits, search
 
     where = parse_where(args.where)
     # The arguments and the sink first: a mistake there is named before a model loads.
@@ -398,7 +398,7 @@ async def _search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _similar(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.search import hits_json, parse_where, render_hits, similar
+    from cdc.commands.search import hits_json, parse_where, render_hits, similar
 
     hits = await similar(
         settings,

@@ -191,7 +191,7 @@ class SnapshotConfig(_Strict):
 class MetricsConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
-    # Seconds between polls of the slot's state on the server (cdc.monitor).
+    # Seconds between polls of the slot's state on the server (cdc.pipeline.monitor).
     poll_interval: float = Field(10.0, gt=0)
 
 

@@ -1,7 +1,7 @@
 """The content rule: which text a row is embedded from, how it is hashed, split and identified.
 
 Pure functions; interface.md is the contract they implement. Splitting counts tokens with the
-model's tokenizer (`cdc.tokens`): content over a table's chunk size becomes token windows.
+model's tokenizer (`cdc.embedding.tokens`): content over a table's chunk size becomes token windows.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import TYPE_CHECKING
 
-from cdc.tokens import Tokenizer
+from cdc.embedding.tokens import Tokenizer
 
 if TYPE_CHECKING:
     # Only for annotations: cdc.config itself imports this module.

@@ -6,9 +6,10 @@ version, slot and model once.
 
 Lag is computed when scraped (see `Positions`). In bytes, from two views of the server: the
 streamer's, from the frames it reads and the LSN it confirms, and the slot monitor's, from the
-server itself over its own connection (`cdc.monitor`). Either alone goes stale: the streamer's
-while its reader waits on a full buffer or between sessions, the monitor's between polls. In
-seconds, from the commit time of the oldest pending change, so it grows between heartbeats.
+server itself over its own connection (`cdc.pipeline.monitor`). Either alone goes stale: the
+streamer's while its reader waits on a full buffer or between sessions, the monitor's between
+polls. In seconds, from the commit time of the oldest pending change, so it grows between
+heartbeats.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 import openai
 import pytest
 
-from cdc.embed import (
+from cdc.embedding.providers import (
     EmbeddingResult,
     OpenAIProvider,
     RetryPolicy,

@@ -18,8 +18,8 @@ import numpy as np
 from psycopg import sql
 
 from cdc.cli import make_provider
+from cdc.commands.search import Hit, nearest_query, search
 from cdc.config import load_config
-from cdc.search import Hit, nearest_query, search
 from tests.fakes.openai_server import FakeOpenAIServer, embed_vector
 from tests.harness import DIMENSIONS, Deployment, Table
 

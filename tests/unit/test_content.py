@@ -14,7 +14,7 @@ from cdc.content import (
     render_content,
     render_source_id,
 )
-from cdc.tokens import Tokenizer
+from cdc.embedding.tokens import Tokenizer
 
 RULE = ChunkRule(Tokenizer.for_model("text-embedding-3-small"), size=100)
 

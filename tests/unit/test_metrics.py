@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.config import Settings
-from cdc.lsn import Lsn
 from cdc.metrics import STUCK_AFTER_SECONDS, Health, Metrics, serve_http
-from cdc.monitor import SlotMonitor, SlotSample, observing, record_sample
+from cdc.pipeline.monitor import SlotMonitor, SlotSample, observing, record_sample
+from cdc.replication.lsn import Lsn
 
 TABLE = "public.articles"
 
@@ -292,7 +292,7 @@ def test_a_failing_poll_is_counted_and_logged_once_without_secrets(
     async def scenario() -> list[bool]:
         return [await monitor.poll(), await monitor.poll()]
 
-    with caplog.at_level(logging.INFO, logger="cdc.monitor"):
+    with caplog.at_level(logging.INFO, logger="cdc.pipeline.monitor"):
         assert asyncio.run(scenario()) == [False, False]
     assert sample(metrics, "cdc_slot_poll_errors_total") == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

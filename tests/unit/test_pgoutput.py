@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import pytest
 
 from cdc.errors import ProtocolError
-from cdc.frames import XLogData, parse_frame, pg_timestamp
-from cdc.pgoutput import (
+from cdc.replication.frames import XLogData, parse_frame, pg_timestamp
+from cdc.replication.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     BeginPrepare,

@@ -6,9 +6,7 @@ from typing import Any
 
 import pytest
 
-from cdc.config import Settings
-from cdc.errors import ConfigError
-from cdc.search import (
+from cdc.commands.search import (
     Hit,
     best_per_row,
     ef_search_for,
@@ -22,6 +20,8 @@ from cdc.search import (
     vector_text,
     version_tuple,
 )
+from cdc.config import Settings
+from cdc.errors import ConfigError
 
 
 def settings(*tables: dict[str, Any]) -> Settings:

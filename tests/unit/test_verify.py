@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cdc.config import TableConfig
-from cdc.content import ChunkRule, content_hash, make_chunks, render_source_id
-from cdc.plan import RowState
-from cdc.source import SourceTable, row_state
-from cdc.tokens import Tokenizer
-from cdc.verify import (
+from cdc.apply.plan import RowState
+from cdc.commands.verify import (
     EXAMPLES,
     HeldChunk,
     TableReport,
@@ -22,6 +18,10 @@ from cdc.verify import (
     orphans,
     render_report,
 )
+from cdc.config import TableConfig
+from cdc.content import ChunkRule, content_hash, make_chunks, render_source_id
+from cdc.embedding.tokens import Tokenizer
+from cdc.source.reads import SourceTable, row_state
 
 MODEL = "m"
 RULE = ChunkRule(Tokenizer.for_model(MODEL), size=25)

@@ -1,0 +1,220 @@
+"""The slot monitor: the server's view of the replication slot, polled over its own connection.
+
+The streamer knows the server only through the frames it reads: nothing new while its reader
+waits on a full buffer, nothing at all between sessions. Every `metrics.poll_interval` seconds
+the monitor asks the server itself for its current WAL position, the slot's state (active,
+wal_status, restart and confirmed flush LSNs) and `max_slot_wal_keep_size`, and, until the
+initial snapshot is done, how many rows each table holds; and the sink for how many rows wait
+in the dead-letter table (`cdc_dead_letter_rows`). A failed poll is logged and counted;
+it never stops the streamer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from cdc import __version__
+from cdc.config import Settings, TableConfig
+from cdc.logs import bind_context
+from cdc.metrics import Health, Metrics
+from cdc.replication.lsn import Lsn
+from cdc.sink.provision import Conn, connect
+from cdc.sink.schema import SinkNames
+
+log = logging.getLogger(__name__)
+# A poll that takes longer than this is abandoned and its connection dropped.
+POLL_TIMEOUT = 10.0
+# How long `cdc run` waits for the first poll before it starts, so the row estimates the
+# snapshot's progress is measured against are in place; a server that is down costs no more.
+FIRST_POLL_WAIT = 3.0
+
+_SLOT_QUERY = """
+SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text,
+       (SELECT CASE WHEN setting::bigint < 0 THEN -1 ELSE pg_size_bytes(setting || unit) END
+          FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
+       s.slot_name IS NOT NULL, s.active, s.wal_status,
+       s.confirmed_flush_lsn::text, s.restart_lsn::text
+FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = %s
+"""
+
+# Live tuples as the statistics collector counts them (current without ANALYZE), else the
+# planner's estimate (-1 until the table was first analyzed).
+_ROWS_QUERY = """
+SELECT n.nspname || '.' || c.relname,
+       GREATEST(COALESCE(st.n_live_tup, 0), c.reltuples::bigint, 0)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid
+WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSample:
+    """One poll's answer. Slot fields are None when the slot does not exist."""
+
+    server_lsn: Lsn
+    max_wal_keep_bytes: int  # -1: unlimited
+    exists: bool
+    active: bool
+    wal_status: str | None
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+
+
+def record_sample(metrics: Metrics, sample: SlotSample) -> None:
+    """Set the slot gauges from one poll."""
+    positions = metrics.positions
+    positions.server = int(sample.server_lsn)
+    positions.slot_confirmed = int(sample.confirmed_flush or 0)
+    retained = 0 if sample.restart_lsn is None else sample.server_lsn - sample.restart_lsn
+    metrics.slot_retained_wal_bytes.set(max(0, retained))
+    metrics.slot_max_wal_keep_bytes.set(sample.max_wal_keep_bytes)
+    # A slot that exists but never reserved WAL has no wal_status yet: count it reserved.
+    status = (sample.wal_status or "reserved") if sample.exists else None
+    metrics.record_slot(status, sample.active)
+
+
+async def poll_slot(conn: Conn, slot: str) -> SlotSample:
+    row = await (await conn.execute(_SLOT_QUERY, (slot,))).fetchone()
+    assert row is not None  # the LEFT JOIN from one row always yields one
+    server, keep, exists, active, wal_status, confirmed, restart = row
+    return SlotSample(
+        server_lsn=Lsn.parse(server),
+        max_wal_keep_bytes=int(keep) if keep is not None else -1,
+        exists=bool(exists),
+        active=bool(active),
+        wal_status=wal_status,
+        confirmed_flush=Lsn.parse(confirmed) if confirmed else None,
+        restart_lsn=Lsn.parse(restart) if restart else None,
+    )
+
+
+async def dead_letter_counts(conn: Conn, settings: Settings) -> dict[str, int] | None:
+    """Dead-lettered rows per source table; None before `cdc setup` created the table."""
+    table = SinkNames.of(settings).dead_letters
+    exists = await (
+        await conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),))
+    ).fetchone()
+    if exists is None or exists[0] is None:
+        return None
+    query = sql.SQL(
+        "SELECT source_table, count(DISTINCT source_id) FROM {} GROUP BY source_table"
+    ).format(table)
+    rows = await (await conn.execute(query)).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+async def estimate_rows(conn: Conn, tables: Sequence[TableConfig]) -> dict[str, int]:
+    """Rows each table holds, as the server estimates them, by configured name."""
+    schemas = [t.schema_name for t in tables]
+    names = [t.table_name for t in tables]
+    rows = await (await conn.execute(_ROWS_QUERY, (schemas, names))).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+class SlotMonitor:
+    """Polls the server every `metrics.poll_interval` seconds for as long as `run` runs."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, health: Health) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._health = health
+        self._conn: Conn | None = None
+        self._sink_conn: Conn | None = None  # only when the sink is another database
+        self._failing = False
+        self.polled = asyncio.Event()  # set once the first poll ended, well or not
+
+    async def run(self) -> None:
+        interval = self._settings.metrics.poll_interval
+        try:
+            while True:
+                await self.poll()
+                self.polled.set()
+                await asyncio.sleep(interval)  # the poll period, not a wait on anything
+        finally:
+            await self._close()
+
+    async def poll(self) -> bool:
+        """Poll once; True if it worked. Never raises but for cancellation."""
+        try:
+            await asyncio.wait_for(self._poll(), POLL_TIMEOUT)
+        except Exception as error:
+            self._metrics.slot_poll_errors.inc()
+            await self._close()  # a connection in an unknown state is not reused
+            if not self._failing:
+                log.warning(
+                    "cannot poll the state of slot %s: %s; retrying every %gs",
+                    self._settings.source.slot,
+                    _describe(error),
+                    self._settings.metrics.poll_interval,
+                )
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("polling the state of slot %s again", self._settings.source.slot)
+        self._failing = False
+        return True
+
+    async def _poll(self) -> None:
+        if self._conn is None:
+            self._conn = await connect(
+                self._settings.source.dsn, "source", application_name="wal2vec-monitor"
+            )
+        sample = await poll_slot(self._conn, self._settings.source.slot)
+        record_sample(self._metrics, sample)
+        if not self._health.snapshot_done:
+            for table, count in (await estimate_rows(self._conn, self._settings.tables)).items():
+                self._metrics.snapshot_rows_estimated.labels(table=table).set(count)
+        dead = await dead_letter_counts(await self._sink(self._conn), self._settings)
+        if dead is not None:
+            tables = self._settings.tables
+            self._metrics.record_dead_letters({t.table: dead.get(t.table, 0) for t in tables})
+
+    async def _sink(self, source: Conn) -> Conn:
+        if self._settings.sink_dsn == self._settings.source.dsn:
+            return source
+        if self._sink_conn is None:
+            self._sink_conn = await connect(
+                self._settings.sink_dsn, "sink", application_name="wal2vec-monitor"
+            )
+        return self._sink_conn
+
+    async def _close(self) -> None:
+        conns = (self._conn, self._sink_conn)
+        self._conn = self._sink_conn = None
+        for conn in conns:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return f"no answer within {POLL_TIMEOUT:g}s"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+@contextlib.asynccontextmanager
+async def observing(settings: Settings, metrics: Metrics, health: Health) -> AsyncIterator[None]:
+    """For the lifetime of `cdc run`: label the metrics and the logs, and poll the slot."""
+    metrics.prepare(settings, __version__)
+    unbind = bind_context(slot=settings.source.slot)
+    monitor = SlotMonitor(settings, metrics, health)
+    task = asyncio.create_task(monitor.run(), name="slot-monitor")
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(monitor.polled.wait(), FIRST_POLL_WAIT)
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        unbind()

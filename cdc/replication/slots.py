@@ -1,0 +1,67 @@
+"""The replication slot as the server sees it, and the rules for when it may be used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from cdc.errors import SlotLost
+from cdc.replication.lsn import Lsn
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    active: bool
+    wal_status: str | None
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+    server_lsn: Lsn
+
+    @property
+    def lag_bytes(self) -> int | None:
+        """Server WAL position minus the confirmed flush LSN."""
+        return None if self.confirmed_flush is None else self.server_lsn - self.confirmed_flush
+
+    @property
+    def retained_wal_bytes(self) -> int | None:
+        """WAL the server keeps for this slot: its position minus the slot's restart_lsn."""
+        return None if self.restart_lsn is None else self.server_lsn - self.restart_lsn
+
+
+_SLOT_QUERY = """
+SELECT active, wal_status, confirmed_flush_lsn::text, restart_lsn::text,
+       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text
+FROM pg_replication_slots WHERE slot_name = %s
+"""
+
+
+async def slot_info(conn: AsyncConnection[tuple[Any, ...]], name: str) -> SlotInfo | None:
+    row = await (await conn.execute(_SLOT_QUERY, (name,))).fetchone()
+    if row is None:
+        return None
+    return SlotInfo(
+        name=name,
+        active=bool(row[0]),
+        wal_status=row[1],
+        confirmed_flush=Lsn.parse(row[2]) if row[2] else None,
+        restart_lsn=Lsn.parse(row[3]) if row[3] else None,
+        server_lsn=Lsn.parse(row[4]),
+    )
+
+
+def check_slot_usable(slot: SlotInfo | None, snapshot_done: bool, name: str) -> None:
+    """Refuse a slot that lost WAL, and refuse to restart silently from nowhere."""
+    if slot is not None and slot.wal_status == "lost":
+        raise SlotLost(
+            f"replication slot {name} is invalidated (wal_status = lost): the server removed WAL "
+            "it still needed, so changes were missed. Run `cdc resync` to rebuild from a new slot"
+        )
+    if slot is None and snapshot_done:
+        raise SlotLost(
+            f"replication slot {name} does not exist, but the sink was built from it: changes "
+            "since it went may be missing. Run `cdc resync` to rebuild from a new slot"
+        )
