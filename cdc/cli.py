@@ -151,7 +151,8 @@ def _global_options(parser: argparse.ArgumentParser, *, config: bool, default: o
 
 
 async def _setup(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.sink.provision import connect, ensure, setup_script
+    from cdc.db import connect
+    from cdc.sink.provision import ensure, setup_script
 
     source = await connect(settings.source.dsn, "source")
     sink = await connect(settings.sink_dsn, "sink")

@@ -30,9 +30,9 @@ from cdc.apply.applier import Applier
 from cdc.apply.plan import RowState
 from cdc.commands.verify import check_sink_exists, key_values, selected_tables
 from cdc.config import Settings
+from cdc.db import Conn, connect
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.metrics import Metrics
-from cdc.sink.provision import Conn, connect
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, current_state, describe_tables, fetch_rows

@@ -27,6 +27,7 @@ from psycopg import sql
 from cdc.commands.embedded import EmbeddedServer, start_server
 from cdc.config import Settings, settings_from
 from cdc.content import content_hash
+from cdc.db import Conn
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError
 from cdc.metrics import Health, Metrics
@@ -150,7 +151,7 @@ async def _with_server(server: EmbeddedServer, say: _Printer, err: TextIO) -> No
 
 
 async def _with_provider(  # noqa: PLR0917
-    conn: psycopg.AsyncConnection[Any],
+    conn: Conn,
     settings: Settings,
     provider: EmbeddingProvider,
     total: int,
@@ -172,7 +173,7 @@ async def _with_provider(  # noqa: PLR0917
         await streamer
 
 
-async def _load(conn: psycopg.AsyncConnection[Any], rows: list[tuple[str, str, str]]) -> None:
+async def _load(conn: Conn, rows: list[tuple[str, str, str]]) -> None:
     await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     await conn.execute(
         "CREATE TABLE python_docs (topic text PRIMARY KEY, title text NOT NULL, body text)"
@@ -198,7 +199,7 @@ def _provider(settings: Settings) -> EmbeddingProvider:
 
 
 async def _show_snapshot(  # noqa: PLR0917
-    conn: psycopg.AsyncConnection[Any],
+    conn: Conn,
     settings: Settings,
     total: int,
     health: Health,
@@ -236,7 +237,7 @@ async def _show_search(settings: Settings, provider: EmbeddingProvider, say: _Pr
 
 
 async def _show_changes(
-    conn: psycopg.AsyncConnection[Any],
+    conn: Conn,
     settings: Settings,
     provider: EmbeddingProvider,
     streamer: asyncio.Task[None],
@@ -267,7 +268,7 @@ async def _show_changes(
 
 
 async def _wait_for_sink(
-    conn: psycopg.AsyncConnection[Any],
+    conn: Conn,
     settings: Settings,
     topic: str,
     hashes: list[str],
@@ -310,7 +311,7 @@ def _sink_query(settings: Settings, template: str) -> sql.Composed:
     return sql.SQL(template).format(sql.Identifier(*target))
 
 
-async def _rows_in_sink(conn: psycopg.AsyncConnection[Any], settings: Settings) -> int:
+async def _rows_in_sink(conn: Conn, settings: Settings) -> int:
     query = _sink_query(settings, "SELECT count(DISTINCT source_id) FROM {}")
     try:
         return int(await _scalar(conn, query))
@@ -318,9 +319,7 @@ async def _rows_in_sink(conn: psycopg.AsyncConnection[Any], settings: Settings) 
         return 0  # cdc run has not created the sink yet
 
 
-async def _scalar(
-    conn: psycopg.AsyncConnection[Any], query: sql.Composed, params: tuple[Any, ...] = ()
-) -> Any:
+async def _scalar(conn: Conn, query: sql.Composed, params: tuple[Any, ...] = ()) -> Any:
     row = await (await conn.execute(query, params)).fetchone()
     return None if row is None else row[0]
 

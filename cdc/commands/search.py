@@ -30,9 +30,10 @@ from psycopg import sql
 from cdc.commands.verify import check_sink_exists, selected_tables
 from cdc.config import Settings, TableConfig
 from cdc.content import render_source_id
+from cdc.db import Conn, connect
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
-from cdc.sink.provision import Conn, check_sink_shape, connect
+from cdc.sink.provision import check_sink_shape
 from cdc.sink.store import Sink
 
 DEFAULT_K = 10

@@ -8,9 +8,9 @@ import psycopg
 from psycopg import sql
 
 from cdc.config import Settings
+from cdc.db import connect
 from cdc.errors import CdcError
 from cdc.replication.slots import SlotInfo, slot_info
-from cdc.sink.provision import connect
 from cdc.sink.schema import STATE_TABLE, SinkNames
 from cdc.sink.store import Sink, SinkState
 

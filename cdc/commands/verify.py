@@ -21,23 +21,22 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 
 from cdc.apply.applier import Applier
 from cdc.apply.plan import RowState
 from cdc.config import Settings, TableConfig
 from cdc.content import ChunkRule, chunk_rules, make_chunks, render_source_id
+from cdc.db import Conn, connect
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError
 from cdc.metrics import Metrics
 from cdc.replication.slots import slot_info
-from cdc.sink.provision import connect
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, describe_tables, row_state, stream_table
 
 log = logging.getLogger(__name__)
-Conn = AsyncConnection[tuple[Any, ...]]
 ProviderFactory = Callable[[Settings, Metrics], EmbeddingProvider]
 BATCH_ROWS = 1000
 EXAMPLES = 5

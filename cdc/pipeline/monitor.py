@@ -21,10 +21,10 @@ from psycopg import sql
 
 from cdc import __version__
 from cdc.config import Settings, TableConfig
+from cdc.db import Conn, connect
 from cdc.logs import bind_context
 from cdc.metrics import Health, Metrics
 from cdc.replication.lsn import Lsn
-from cdc.sink.provision import Conn, connect
 from cdc.sink.schema import SinkNames
 
 log = logging.getLogger(__name__)

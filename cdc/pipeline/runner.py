@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
 
 from cdc.apply.applier import Applier
 from cdc.config import Settings
+from cdc.db import Conn, connect
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
 from cdc.metrics import Health, Metrics
@@ -33,7 +32,7 @@ from cdc.replication.reconnect import ReconnectBackoff
 from cdc.replication.slots import SlotInfo, check_slot_usable, slot_info
 from cdc.replication.stream import ReplicationStream
 from cdc.sink.migrations import TypeWatch
-from cdc.sink.provision import check_sink_shape, connect, ensure, ensure_indexes
+from cdc.sink.provision import check_sink_shape, ensure, ensure_indexes
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink, SinkState
 from cdc.source.reads import SourceTable
@@ -42,7 +41,6 @@ from cdc.source.snapshot import SnapshotInterrupted, SnapshotParts, take_snapsho
 
 log = logging.getLogger(__name__)
 ProviderFactory = Callable[[Settings], EmbeddingProvider]
-Conn = AsyncConnection[tuple[Any, ...]]
 # Consecutive failed starts before `run` gives up, as long as it never streamed.
 MAX_FAILED_STARTS = 5
 MAX_BACKOFF = 60.0

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
-
 from cdc.apply.applier import Applier
 from cdc.apply.plan import RowState
 from cdc.config import Settings
+from cdc.db import Conn
 from cdc.metrics import Health, Metrics
 from cdc.pipeline.buffer import Batch, ChangeBuffer, FlushDecision
 from cdc.pipeline.heap import TRIM_AFTER_ROWS, release_free_memory
@@ -64,7 +63,7 @@ class Session:
 
     settings: Settings
     stream: ReplicationStream
-    source: AsyncConnection[tuple[str | None, ...]]
+    source: Conn
     tables: dict[str, SourceTable]
     applier: Applier
     metrics: Metrics

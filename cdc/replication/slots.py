@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from psycopg import AsyncConnection
-
+from cdc.db import Conn
 from cdc.errors import SlotLost
 from cdc.replication.lsn import Lsn
 
@@ -39,7 +37,7 @@ FROM pg_replication_slots WHERE slot_name = %s
 """
 
 
-async def slot_info(conn: AsyncConnection[tuple[Any, ...]], name: str) -> SlotInfo | None:
+async def slot_info(conn: Conn, name: str) -> SlotInfo | None:
     row = await (await conn.execute(_SLOT_QUERY, (name,))).fetchone()
     if row is None:
         return None

@@ -17,15 +17,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 from psycopg.errors import Diagnostic
 
+from cdc.db import Conn
 from cdc.sink.schema import index_ddl, index_name
 
 log = logging.getLogger(__name__)
-Conn = AsyncConnection[tuple[Any, ...]]
 Target = tuple[str, str]
 # Bytes a vector takes in the build's graph besides its value: the element and its neighbour
 # lists at pgvector's default m = 16. Measured with pgvector 0.8.6: a graph of 256-dimension

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from cdc.db import Conn
 from cdc.errors import ConfigError
 from cdc.sink.progress import ProgressStore
 from cdc.sink.schema import SinkNames
 from cdc.source.reads import SourceTable
 
 log = logging.getLogger(__name__)
-Conn = AsyncConnection[tuple[Any, ...]]
 ColumnTypes = dict[str, str]
 
 _TYPES_QUERY = """

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 
+from cdc.db import Conn
 from cdc.sink.schema import SinkNames
 
-Conn = AsyncConnection[tuple[Any, ...]]
 Kind = Literal["snapshot", "resync"]
 Status = Literal["pending", "running", "done"]
 Phase = Literal["rows", "orphans"]

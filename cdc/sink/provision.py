@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 
-from cdc.config import Settings, redact_dsn
-from cdc.errors import ConfigError, SourceUnavailable
+from cdc.config import Settings
+from cdc.db import Conn
+from cdc.errors import ConfigError
 from cdc.sink.schema import (
     SinkNames,
     alter_publication,
@@ -29,18 +29,6 @@ from cdc.sink.schema import (
 from cdc.source.reads import SourceTable, check_wal_level, describe_tables
 
 log = logging.getLogger(__name__)
-Conn = AsyncConnection[tuple[Any, ...]]
-
-
-async def connect(dsn: str, role: str, **kwargs: Any) -> Conn:
-    """Open a connection or raise `SourceUnavailable` naming the (redacted) DSN."""
-    try:
-        return await AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10, **kwargs)
-    except psycopg.OperationalError as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
-        raise SourceUnavailable(
-            f"cannot connect to the {role} at {redact_dsn(dsn)}: {detail}"
-        ) from None
 
 
 async def inspect_source(settings: Settings, source: Conn) -> list[SourceTable]:

@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pgvector.psycopg import register_vector_async
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from cdc.apply.plan import ChunkWork, RowState, SourceKey, StoredChunk
 from cdc.config import Settings
+from cdc.db import Conn
 from cdc.embedding.providers import Vector
 from cdc.replication.lsn import Lsn
 from cdc.replication.positions import Position
 from cdc.sink.progress import ProgressStore, ResyncPosition
 from cdc.sink.schema import SinkNames
 
-Conn = AsyncConnection[tuple[Any, ...]]
 T = TypeVar("T")
 
 

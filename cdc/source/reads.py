@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 
 from cdc.apply.plan import RowState
 from cdc.config import TableConfig
 from cdc.content import render_source_id
+from cdc.db import Conn
 from cdc.errors import ConfigError
 from cdc.replication.changes import column_advice, missing_columns, missing_columns_error
 
@@ -46,7 +47,7 @@ class SourceTable:
         return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns)
 
 
-async def check_wal_level(conn: AsyncConnection[tuple[str]]) -> None:
+async def check_wal_level(conn: Conn) -> None:
     row = await (await conn.execute("SHOW wal_level")).fetchone()
     level = row[0] if row else "unknown"
     if level != "logical":
@@ -56,9 +57,7 @@ async def check_wal_level(conn: AsyncConnection[tuple[str]]) -> None:
         )
 
 
-async def describe_tables(
-    conn: AsyncConnection[tuple[object, ...]], tables: Sequence[TableConfig]
-) -> list[SourceTable]:
+async def describe_tables(conn: Conn, tables: Sequence[TableConfig]) -> list[SourceTable]:
     """Check every configured table, column and key against the catalog."""
     return [await _describe(conn, table) for table in tables]
 
@@ -83,7 +82,7 @@ ORDER BY k.position
 """
 
 
-async def _describe(conn: AsyncConnection[tuple[object, ...]], table: TableConfig) -> SourceTable:
+async def _describe(conn: Conn, table: TableConfig) -> SourceTable:
     found = await (
         await conn.execute(_TABLE_QUERY, (table.schema_name, table.table_name))
     ).fetchone()
@@ -149,7 +148,7 @@ def _qualified_select_list(table: SourceTable) -> sql.Composed:
 
 
 async def fetch_rows(
-    conn: AsyncConnection[tuple[str | None, ...]],
+    conn: Conn,
     table: SourceTable,
     keys: Sequence[tuple[str, ...]],
 ) -> dict[tuple[str, ...], tuple[str | None, ...]]:
@@ -166,7 +165,7 @@ async def fetch_rows(
 
 
 async def stream_table(
-    conn: AsyncConnection[tuple[str | None, ...]], table: SourceTable, batch_rows: int
+    conn: Conn, table: SourceTable, batch_rows: int
 ) -> AsyncIterator[list[tuple[str | None, ...]]]:
     """Every row of `table` in key order, in lists of `batch_rows`, through a server-side cursor.
 
@@ -203,7 +202,7 @@ def current_state(table: SourceTable, key: Sequence[str], values: Sequence[str |
     )
 
 
-async def estimate_rows(conn: AsyncConnection[tuple[str | None, ...]], table: SourceTable) -> int:
+async def estimate_rows(conn: Conn, table: SourceTable) -> int:
     """The planner's row estimate for `table`; an exact count when it was never analyzed."""
     name = table.identifier.as_string(conn)
     row = await (

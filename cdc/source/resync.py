@@ -23,25 +23,24 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 
 from cdc.apply.applier import Applier
 from cdc.config import Settings
 from cdc.content import render_source_id
+from cdc.db import Conn, connect
 from cdc.errors import CdcError
 from cdc.metrics import Metrics
 from cdc.replication.changes import MARK_PREFIX
 from cdc.replication.slots import slot_info
 from cdc.sink.migrations import TypeWatch
 from cdc.sink.progress import ProgressStore, ResyncPosition, TableProgress
-from cdc.sink.provision import connect
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, estimate_rows, fetch_rows
 from cdc.source.watermarks import ChunkRead, Edge, ReadRow, Windows, encode_mark
 
 log = logging.getLogger(__name__)
-Conn = AsyncConnection[tuple[Any, ...]]
 
 
 class ResyncRequested(CdcError):

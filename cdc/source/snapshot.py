@@ -26,11 +26,11 @@ from psycopg import AsyncConnection, sql
 from cdc.apply.applier import Applier
 from cdc.apply.plan import RowState
 from cdc.config import Settings
+from cdc.db import Conn, connect
 from cdc.metrics import Metrics
 from cdc.replication.lsn import Lsn
 from cdc.replication.stream import ReplicationStream
 from cdc.sink.indexes import build_indexes, defer_indexes
-from cdc.sink.provision import connect
 from cdc.sink.store import SeenKeys, Sink
 from cdc.source.reads import SourceTable, estimate_rows, row_state, stream_table
 
@@ -96,7 +96,7 @@ async def take_snapshot(
 
 async def _snapshot_table(
     parts: SnapshotParts,
-    conn: AsyncConnection[tuple[str | None, ...]],
+    conn: Conn,
     table: SourceTable,
     seen: SeenKeys,
     estimate: int,
@@ -156,7 +156,7 @@ async def _writers(stack: AsyncExitStack, parts: SnapshotParts) -> list[Applier]
 
 
 async def _read_ahead(
-    conn: AsyncConnection[tuple[str | None, ...]], table: SourceTable, batch_rows: int
+    conn: Conn, table: SourceTable, batch_rows: int
 ) -> AsyncIterator[list[RowState]]:
     """The table's rows as row states, read by a task that stays `READ_AHEAD` batches ahead."""
     queue: asyncio.Queue[list[RowState] | None] = asyncio.Queue(READ_AHEAD)
