@@ -20,8 +20,7 @@ from prometheus_client import disable_created_metrics
 
 from cdc import __version__
 from cdc.config import Settings, known_secrets, load_config
-from cdc.content import tokenizer_for
-from cdc.embedding.providers import EmbeddingProvider, OpenAIProvider, RetryPolicy
+from cdc.embedding.factory import make_provider
 from cdc.errors import CdcError, ConfigError
 from cdc.logs import Scrubber, configure_logging, scrubbed_output
 from cdc.metrics import Health, Metrics, serve_http
@@ -170,30 +169,6 @@ async def _setup(settings: Settings, args: argparse.Namespace) -> int:
         await sink.close()
 
 
-def make_provider(settings: Settings, metrics: Metrics | None = None) -> EmbeddingProvider:
-    if settings.embedding.provider == "local":
-        from cdc.embedding.local import make_local_provider
-
-        return make_local_provider(settings, metrics.record_request if metrics else None)
-    embedding = settings.embedding
-    return OpenAIProvider(
-        model=embedding.model,
-        dimensions=embedding.dimensions,
-        api_key=embedding.api_key.get_secret_value() if embedding.api_key else None,
-        base_url=embedding.base_url,
-        max_batch_inputs=embedding.batch_size,
-        timeout=embedding.timeout,
-        retry=RetryPolicy(max_attempts=embedding.max_attempts),
-        on_request=metrics.record_request if metrics else None,
-        tokenizer=tokenizer_for(settings),
-        concurrency=embedding.concurrency,
-        tokens_per_minute=embedding.tokens_per_minute,
-        api_version=embedding.api_version,
-        send_dimensions=embedding.send_dimensions,
-        on_throttle=metrics.embedding_throttled_seconds.inc if metrics else None,
-    )
-
-
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from cdc.pipeline.runner import run
 
@@ -207,7 +182,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     port = server.sockets[0].getsockname()[1]
     log.info("metrics on http://%s:%d/metrics", settings.metrics.host, port)
     try:
-        await run(settings, lambda s: make_provider(s, metrics), metrics, health, stop)
+        await run(settings, make_provider, metrics, health, stop)
     finally:
         server.close()
     log.info("stopped cleanly")
@@ -224,9 +199,8 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stopper(stop, signum))
-    provider = lambda s: make_provider(s, metrics)  # noqa: E731
     if not args.table:
-        await resync_all(settings, provider, metrics, stop, print, wait=not args.no_wait)
+        await resync_all(settings, make_provider, metrics, stop, print, wait=not args.no_wait)
         return EXIT_OK
     tables = _configured_tables(settings, args.table)
     await request_table_resync(settings, tables)
@@ -236,7 +210,7 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
             await wait_for_resyncs(settings, tables, print, stop)
         return EXIT_OK
     print(f"resyncing {', '.join(tables)} (streaming meanwhile; stops when done)")
-    await run(settings, provider, metrics, Health(), stop, exit_when_resynced=True)
+    await run(settings, make_provider, metrics, Health(), stop, exit_when_resynced=True)
     print("resync complete")
     return EXIT_OK
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cdc.apply.known import KnownRows, fingerprint
 from cdc.apply.plan import ChunkWork, RowState, SourceKey, WritePlan, plan_writes
 from cdc.config import Settings
-from cdc.content import chunk_rules, tokenizer_for
+from cdc.embedding.factory import chunk_rules, tokenizer_for
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.metrics import Metrics
 from cdc.replication.positions import Position

@@ -18,7 +18,7 @@ row's current state either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,17 +28,17 @@ from psycopg import sql
 
 from cdc.apply.applier import Applier
 from cdc.apply.plan import RowState
-from cdc.commands.verify import check_sink_exists, key_values, selected_tables
+from cdc.commands.verify import check_sink_exists, selected_tables
 from cdc.config import Settings
 from cdc.db import Conn, connect
-from cdc.embedding.providers import EmbeddingProvider
+from cdc.embedding.factory import ProviderFactory
+from cdc.ids import key_values
 from cdc.metrics import Metrics
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, current_state, describe_tables, fetch_rows
 
 log = logging.getLogger(__name__)
-ProviderFactory = Callable[[Settings, Metrics], EmbeddingProvider]
 # Rows per retry batch: the writer lock is held for one batch's embedding, so the streamer
 # waits at most that long.
 RETRY_BATCH_ROWS = 100

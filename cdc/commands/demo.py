@@ -185,15 +185,15 @@ async def _load(conn: Conn, rows: list[tuple[str, str, str]]) -> None:
 
 
 async def _stream(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    from cdc.cli import make_provider
+    from cdc.embedding.factory import make_provider
     from cdc.pipeline.runner import run
 
     metrics = Metrics()
-    await run(settings, lambda s: make_provider(s, metrics), metrics, health, stop)
+    await run(settings, make_provider, metrics, health, stop)
 
 
 def _provider(settings: Settings) -> EmbeddingProvider:
-    from cdc.cli import make_provider
+    from cdc.embedding.factory import make_provider
 
     return make_provider(settings)
 

@@ -29,10 +29,10 @@ from psycopg import sql
 
 from cdc.commands.verify import check_sink_exists, selected_tables
 from cdc.config import Settings, TableConfig
-from cdc.content import render_source_id
 from cdc.db import Conn, connect
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
+from cdc.ids import source_id_forms
 from cdc.sink.provision import check_sink_shape
 from cdc.sink.store import Sink
 
@@ -225,25 +225,6 @@ def best_per_row(hits: Iterable[Hit]) -> list[Hit]:
         if kept is None or (hit.distance, hit.chunk) < (kept.distance, kept.chunk):
             best[key] = hit
     return sorted(best.values(), key=lambda h: (h.distance, h.source_table, h.source_id))
-
-
-def source_id_forms(source_id: str) -> list[str]:
-    """The id as given and, when it is a JSON array of several values (a composite key), in
-    the sink's own spelling: `["en",42]` finds `["en", "42"]`."""
-    forms = [source_id]
-    try:
-        values = json.loads(source_id)
-    except ValueError:
-        return forms
-    if (
-        isinstance(values, list)
-        and len(values) > 1
-        and all(isinstance(v, str | int) and not isinstance(v, bool) for v in values)
-    ):
-        canonical = render_source_id([str(v) for v in values])
-        if canonical != source_id:
-            forms.append(canonical)
-    return forms
 
 
 def vector_text(values: Iterable[float]) -> str:

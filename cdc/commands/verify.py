@@ -11,10 +11,9 @@ rejected rows to dead letters.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,10 +25,11 @@ from psycopg import sql
 from cdc.apply.applier import Applier
 from cdc.apply.plan import RowState
 from cdc.config import Settings, TableConfig
-from cdc.content import ChunkRule, chunk_rules, make_chunks, render_source_id
+from cdc.content import ChunkRule, make_chunks
 from cdc.db import Conn, connect
-from cdc.embedding.providers import EmbeddingProvider
+from cdc.embedding.factory import ProviderFactory, chunk_rules
 from cdc.errors import CdcError, ConfigError
+from cdc.ids import key_values, render_source_id
 from cdc.metrics import Metrics
 from cdc.replication.slots import slot_info
 from cdc.sink.schema import SinkNames
@@ -37,7 +37,6 @@ from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, describe_tables, row_state, stream_table
 
 log = logging.getLogger(__name__)
-ProviderFactory = Callable[[Settings, Metrics], EmbeddingProvider]
 BATCH_ROWS = 1000
 EXAMPLES = 5
 
@@ -132,25 +131,6 @@ def group_held(stored: Iterable[tuple[str, int, str, str]]) -> dict[str, dict[in
     for source_id, chunk, digest, model in stored:
         held[source_id][chunk] = HeldChunk(digest, model)
     return held
-
-
-def key_values(source_id: str, width: int) -> tuple[str, ...] | None:
-    """The key values a sink source_id names, or None when no row of the table could have it.
-
-    The inverse of `render_source_id`: a single key is the id itself; a composite key is a
-    JSON array of its values as text.
-    """
-    if width == 1:
-        return (source_id,)
-    try:
-        values = json.loads(source_id)
-    except ValueError:
-        return None
-    if not isinstance(values, list) or len(values) != width:
-        return None
-    if not all(isinstance(value, str) for value in values):
-        return None
-    return tuple(values)
 
 
 def orphans(source_ids: Iterable[str], existing: Set[str]) -> list[str]:

@@ -28,15 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from cdc.config import Settings
 from cdc.embedding.providers import EmbeddingResult, Vector
 from cdc.errors import ConfigError, EmbeddingUnavailable
-
-if TYPE_CHECKING:
-    from cdc.config import Settings
 
 log = logging.getLogger(__name__)
 

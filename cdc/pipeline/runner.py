@@ -12,7 +12,6 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import psycopg
 from cdc.apply.applier import Applier
 from cdc.config import Settings
 from cdc.db import Conn, connect
+from cdc.embedding.factory import ProviderFactory
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
 from cdc.metrics import Health, Metrics
@@ -40,7 +40,6 @@ from cdc.source.resync import ResyncRequested
 from cdc.source.snapshot import SnapshotInterrupted, SnapshotParts, take_snapshot
 
 log = logging.getLogger(__name__)
-ProviderFactory = Callable[[Settings], EmbeddingProvider]
 # Consecutive failed starts before `run` gives up, as long as it never streamed.
 MAX_FAILED_STARTS = 5
 MAX_BACKOFF = 60.0
@@ -152,7 +151,7 @@ async def open_parts(
     if state.snapshot_done:
         await ensure_indexes(settings, sink_conn)
     # On a thread: a local model takes seconds to load, and /healthz must answer meanwhile.
-    provider = await asyncio.to_thread(make_provider, settings)
+    provider = await asyncio.to_thread(make_provider, settings, metrics)
     stack.push_async_callback(provider.aclose)
     stream = ReplicationStream.connect(
         settings.source.dsn, settings.source.slot, settings.source.publication

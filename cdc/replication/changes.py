@@ -13,8 +13,8 @@ from operator import itemgetter
 from typing import Literal
 
 from cdc.config import TableConfig
-from cdc.content import render_source_id
 from cdc.errors import ConfigError
+from cdc.ids import render_source_id
 from cdc.replication.pgoutput import UNCHANGED_TOAST, Relation, Row, Value
 
 ChangeOp = Literal["insert", "update", "delete"]

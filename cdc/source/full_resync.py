@@ -26,9 +26,10 @@ from psycopg import sql
 
 from cdc.apply.applier import Applier
 from cdc.config import Settings
+from cdc.embedding.factory import ProviderFactory
 from cdc.errors import ConfigError
 from cdc.metrics import Metrics
-from cdc.pipeline.runner import Parts, ProviderFactory, open_parts
+from cdc.pipeline.runner import Parts, open_parts
 from cdc.sink.progress import TableProgress
 from cdc.sink.provision import vector_type_of, wanted_vector_type
 from cdc.sink.schema import index_name, sink_table_ddl

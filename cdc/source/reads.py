@@ -16,9 +16,9 @@ from psycopg import sql
 
 from cdc.apply.plan import RowState
 from cdc.config import TableConfig
-from cdc.content import render_source_id
 from cdc.db import Conn
 from cdc.errors import ConfigError
+from cdc.ids import render_source_id
 from cdc.replication.changes import column_advice, missing_columns, missing_columns_error
 
 Columns = tuple[str, ...]

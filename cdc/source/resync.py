@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,9 +26,9 @@ from psycopg import sql
 
 from cdc.apply.applier import Applier
 from cdc.config import Settings
-from cdc.content import render_source_id
 from cdc.db import Conn, connect
 from cdc.errors import CdcError
+from cdc.ids import key_values, render_source_id
 from cdc.metrics import Metrics
 from cdc.replication.changes import MARK_PREFIX
 from cdc.replication.slots import slot_info
@@ -214,9 +213,11 @@ class _TableResync:
         while not self._w.stop.is_set():
             ids = await self._sink_ids_after(last_id)
             chunk = await self._open_window()
-            keys = [parse_source_id(source_id, width) for source_id in ids]
+            parsed = [key_values(source_id, width) for source_id in ids]
+            keys = [key for key in parsed if key is not None]
             found = await fetch_rows(self._source, self._table, keys)
-            absent = [(i, k) for i, k in zip(ids, keys, strict=True) if k not in found]
+            # An id no row of the table could have (see `cdc.ids`) is an orphan like any other.
+            absent = [(i, k or ()) for i, k in zip(ids, parsed, strict=True) if k not in found]
             if ids:
                 last_id = ids[-1]
             end = len(ids) < self._rows
@@ -272,14 +273,6 @@ def to_read_row(table: SourceTable, row: Sequence[str | None]) -> ReadRow:
         content=tuple(row[width:content_end]),
         metadata=tuple(row[content_end:]),
     )
-
-
-def parse_source_id(source_id: str, width: int) -> tuple[str, ...]:
-    """The key values of a sink `source_id` (a JSON array for composite keys)."""
-    if width == 1:
-        return (source_id,)
-    values = json.loads(source_id)
-    return tuple(str(v) for v in values)
 
 
 async def request_table_resync(settings: Settings, tables: Sequence[str]) -> None:

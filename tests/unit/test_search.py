@@ -16,12 +16,12 @@ from cdc.commands.search import (
     plan_scope,
     render_hits,
     snippet,
-    source_id_forms,
     vector_text,
     version_tuple,
 )
 from cdc.config import Settings
 from cdc.errors import ConfigError
+from cdc.ids import source_id_forms
 
 
 def settings(*tables: dict[str, Any]) -> Settings:

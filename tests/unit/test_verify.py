@@ -14,13 +14,13 @@ from cdc.commands.verify import (
     classify,
     classify_batch,
     group_held,
-    key_values,
     orphans,
     render_report,
 )
 from cdc.config import TableConfig
-from cdc.content import ChunkRule, content_hash, make_chunks, render_source_id
+from cdc.content import ChunkRule, content_hash, make_chunks
 from cdc.embedding.tokens import Tokenizer
+from cdc.ids import key_values, render_source_id
 from cdc.source.reads import SourceTable, row_state
 
 MODEL = "m"
