@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdc.apply.known import KnownRows, fingerprint
-from cdc.apply.plan import ChunkWork, RowState, SourceKey, WritePlan, plan_writes
+from cdc.apply.plan import ChunkWork, WritePlan, plan_writes
 from cdc.config import Settings
 from cdc.embedding.factory import chunk_rules, tokenizer_for
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.metrics import Metrics
 from cdc.replication.positions import Position
+from cdc.rows import RowState, SourceKey
 from cdc.sink.progress import ResyncPosition
 from cdc.sink.store import DeadLetter, Sink, SinkWrite
 

@@ -14,7 +14,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from cdc.apply.plan import RowState, SourceKey
+from cdc.rows import RowState, SourceKey
 
 
 def fingerprint(row: RowState, model: str) -> bytes:

@@ -9,12 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from cdc.content import Chunk, ChunkRule, make_chunks
-
-SourceKey = tuple[str, str]  # (source_table, source_id)
-Metadata = dict[str, Any]
+from cdc.rows import RowState, SourceKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,22 +20,6 @@ class StoredChunk:
     model: str
     # Whether the stored metadata equals the row's current metadata (compared by the sink).
     same_metadata: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RowState:
-    """A source row's current state: its content ("" when it has none) or its deletion."""
-
-    source_table: str
-    source_id: str
-    content: str
-    metadata: Metadata
-    lsn: int | None  # commit LSN of the change; None for snapshot reads
-    deleted: bool = False
-
-    @property
-    def key(self) -> SourceKey:
-        return (self.source_table, self.source_id)
 
 
 @dataclass(frozen=True, slots=True)

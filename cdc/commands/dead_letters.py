@@ -27,13 +27,13 @@ from typing import Any
 from psycopg import sql
 
 from cdc.apply.applier import Applier
-from cdc.apply.plan import RowState
 from cdc.commands.verify import check_sink_exists, selected_tables
 from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.embedding.factory import ProviderFactory
 from cdc.ids import key_values
 from cdc.metrics import Metrics
+from cdc.rows import RowState
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, current_state, describe_tables, fetch_rows

@@ -23,7 +23,6 @@ import psycopg
 from psycopg import sql
 
 from cdc.apply.applier import Applier
-from cdc.apply.plan import RowState
 from cdc.config import Settings, TableConfig
 from cdc.content import ChunkRule, make_chunks
 from cdc.db import Conn, connect
@@ -32,6 +31,7 @@ from cdc.errors import CdcError, ConfigError
 from cdc.ids import key_values, render_source_id
 from cdc.metrics import Metrics
 from cdc.replication.slots import slot_info
+from cdc.rows import RowState
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, describe_tables, row_state, stream_table

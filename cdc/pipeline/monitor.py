@@ -14,18 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from psycopg import sql
 
 from cdc import __version__
-from cdc.config import Settings, TableConfig
+from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.logs import bind_context
 from cdc.metrics import Health, Metrics
 from cdc.replication.lsn import Lsn
 from cdc.sink.schema import SinkNames
+from cdc.source.estimates import live_rows
 
 log = logging.getLogger(__name__)
 # A poll that takes longer than this is abandoned and its connection dropped.
@@ -42,17 +43,6 @@ SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
        s.slot_name IS NOT NULL, s.active, s.wal_status,
        s.confirmed_flush_lsn::text, s.restart_lsn::text
 FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = %s
-"""
-
-# Live tuples as the statistics collector counts them (current without ANALYZE), else the
-# planner's estimate (-1 until the table was first analyzed).
-_ROWS_QUERY = """
-SELECT n.nspname || '.' || c.relname,
-       GREATEST(COALESCE(st.n_live_tup, 0), c.reltuples::bigint, 0)
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_stat_all_tables st ON st.relid = c.oid
-WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
 
 
@@ -112,14 +102,6 @@ async def dead_letter_counts(conn: Conn, settings: Settings) -> dict[str, int] |
     return {str(name): int(count) for name, count in rows}
 
 
-async def estimate_rows(conn: Conn, tables: Sequence[TableConfig]) -> dict[str, int]:
-    """Rows each table holds, as the server estimates them, by configured name."""
-    schemas = [t.schema_name for t in tables]
-    names = [t.table_name for t in tables]
-    rows = await (await conn.execute(_ROWS_QUERY, (schemas, names))).fetchall()
-    return {str(name): int(count) for name, count in rows}
-
-
 class SlotMonitor:
     """Polls the server every `metrics.poll_interval` seconds for as long as `run` runs."""
 
@@ -171,7 +153,7 @@ class SlotMonitor:
         sample = await poll_slot(self._conn, self._settings.source.slot)
         record_sample(self._metrics, sample)
         if not self._health.snapshot_done:
-            for table, count in (await estimate_rows(self._conn, self._settings.tables)).items():
+            for table, count in (await live_rows(self._conn, self._settings.tables)).items():
                 self._metrics.snapshot_rows_estimated.labels(table=table).set(count)
         dead = await dead_letter_counts(await self._sink(self._conn), self._settings)
         if dead is not None:

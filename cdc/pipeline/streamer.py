@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.apply.applier import Applier
-from cdc.apply.plan import RowState
 from cdc.config import Settings
 from cdc.db import Conn
 from cdc.metrics import Health, Metrics
@@ -44,6 +43,7 @@ from cdc.replication.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
 from cdc.replication.positions import Position, PositionRules
 from cdc.replication.stream import MAX_FRAMES_PER_READ, ReplicationStream
 from cdc.replication.transactions import TransactionAssembler
+from cdc.rows import RowState
 from cdc.source.reads import SourceTable, fetch_rows
 from cdc.source.resync import ResyncWorker, new_windows
 from cdc.source.watermarks import ChunkRead

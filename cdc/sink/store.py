@@ -17,12 +17,13 @@ from pgvector.psycopg import register_vector_async
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cdc.apply.plan import ChunkWork, RowState, SourceKey, StoredChunk
+from cdc.apply.plan import ChunkWork, StoredChunk
 from cdc.config import Settings
 from cdc.db import Conn
 from cdc.embedding.providers import Vector
 from cdc.replication.lsn import Lsn
 from cdc.replication.positions import Position
+from cdc.rows import RowState, SourceKey
 from cdc.sink.progress import ProgressStore, ResyncPosition
 from cdc.sink.schema import SinkNames
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from cdc.apply.plan import RowState
 from cdc.config import TableConfig
 from cdc.db import Conn
 from cdc.errors import ConfigError
 from cdc.ids import render_source_id
 from cdc.replication.changes import column_advice, missing_columns, missing_columns_error
+from cdc.rows import RowState
 
 Columns = tuple[str, ...]
 
@@ -200,19 +200,3 @@ def current_state(table: SourceTable, key: Sequence[str], values: Sequence[str |
         metadata=dict(zip(table.config.metadata, values[content_end:], strict=True)),
         lsn=None,
     )
-
-
-async def estimate_rows(conn: Conn, table: SourceTable) -> int:
-    """The planner's row estimate for `table`; an exact count when it was never analyzed."""
-    name = table.identifier.as_string(conn)
-    row = await (
-        await conn.execute(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (name,)
-        )
-    ).fetchone()
-    if row is not None and row[0] is not None and int(row[0]) >= 0:
-        return int(row[0])
-    counted = await (
-        await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.identifier))
-    ).fetchone()
-    return int(counted[0]) if counted and counted[0] is not None else 0

@@ -36,7 +36,8 @@ from cdc.sink.migrations import TypeWatch
 from cdc.sink.progress import ProgressStore, ResyncPosition, TableProgress
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink
-from cdc.source.reads import SourceTable, estimate_rows, fetch_rows
+from cdc.source.estimates import estimate_rows
+from cdc.source.reads import SourceTable, fetch_rows
 from cdc.source.watermarks import ChunkRead, Edge, ReadRow, Windows, encode_mark
 
 log = logging.getLogger(__name__)

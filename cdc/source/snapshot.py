@@ -24,15 +24,16 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from cdc.apply.applier import Applier
-from cdc.apply.plan import RowState
 from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.metrics import Metrics
 from cdc.replication.lsn import Lsn
 from cdc.replication.stream import ReplicationStream
+from cdc.rows import RowState
 from cdc.sink.indexes import build_indexes, defer_indexes
 from cdc.sink.store import SeenKeys, Sink
-from cdc.source.reads import SourceTable, estimate_rows, row_state, stream_table
+from cdc.source.estimates import estimate_rows
+from cdc.source.reads import SourceTable, row_state, stream_table
 
 log = logging.getLogger(__name__)
 # Seconds between progress lines in the log.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cdc.apply.known import KnownRows, fingerprint
-from cdc.apply.plan import RowState
+from cdc.rows import RowState
 
 
 def row(content: str, metadata: dict[str, str] | None = None, source_id: str = "1") -> RowState:

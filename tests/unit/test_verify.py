@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from cdc.apply.plan import RowState
 from cdc.commands.verify import (
     EXAMPLES,
     HeldChunk,
@@ -21,6 +20,7 @@ from cdc.config import TableConfig
 from cdc.content import ChunkRule, content_hash, make_chunks
 from cdc.embedding.tokens import Tokenizer
 from cdc.ids import key_values, render_source_id
+from cdc.rows import RowState
 from cdc.source.reads import SourceTable, row_state
 
 MODEL = "m"
