@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from cdc.replication.changes import RowChange, TableTruncate, Transaction
 from cdc.replication.lsn import Lsn
-from cdc.replication.pgoutput import UNCHANGED_TOAST, Value
+from cdc.replication.messages import UNCHANGED_TOAST, Value
 from cdc.replication.positions import Position
 
 

@@ -39,7 +39,8 @@ from cdc.replication.frames import (
     pg_timestamp,
     xlogdata_wal_end,
 )
-from cdc.replication.pgoutput import UNCHANGED_TOAST, PgOutputDecoder, Value
+from cdc.replication.messages import UNCHANGED_TOAST, Value
+from cdc.replication.pgoutput import PgOutputDecoder
 from cdc.replication.positions import Position, PositionRules
 from cdc.replication.stream import MAX_FRAMES_PER_READ, ReplicationStream
 from cdc.replication.transactions import TransactionAssembler

@@ -15,7 +15,7 @@ from typing import Literal
 from cdc.config import TableConfig
 from cdc.errors import ConfigError
 from cdc.ids import render_source_id
-from cdc.replication.pgoutput import UNCHANGED_TOAST, Relation, Row, Value
+from cdc.replication.messages import UNCHANGED_TOAST, Relation, Row, Value
 
 ChangeOp = Literal["insert", "update", "delete"]
 # The prefix of the logical messages wal2vec emits itself (resync watermarks).

@@ -29,7 +29,7 @@ from cdc.replication.changes import (
     shape_for,
     upsert_change,
 )
-from cdc.replication.pgoutput import (
+from cdc.replication.messages import (
     Begin,
     Commit,
     Delete,

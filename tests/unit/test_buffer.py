@@ -5,7 +5,7 @@ from __future__ import annotations
 from cdc.pipeline.buffer import ChangeBuffer
 from cdc.replication.changes import RowChange, TableTruncate, Transaction
 from cdc.replication.lsn import Lsn
-from cdc.replication.pgoutput import UNCHANGED_TOAST
+from cdc.replication.messages import UNCHANGED_TOAST
 from cdc.replication.positions import Position
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from cdc.errors import ProtocolError
 from cdc.replication.frames import XLogData, parse_frame, pg_timestamp
-from cdc.replication.pgoutput import (
+from cdc.replication.messages import (
     UNCHANGED_TOAST,
     Begin,
     BeginPrepare,
@@ -29,7 +29,6 @@ from cdc.replication.pgoutput import (
     LogicalMessage,
     Message,
     Origin,
-    PgOutputDecoder,
     Prepare,
     Relation,
     RelationColumn,
@@ -45,6 +44,7 @@ from cdc.replication.pgoutput import (
     Update,
     Value,
 )
+from cdc.replication.pgoutput import PgOutputDecoder
 
 M = TypeVar("M")
 

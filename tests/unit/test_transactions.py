@@ -7,7 +7,7 @@ import pytest
 from cdc.config import TableConfig
 from cdc.errors import ConfigError, ProtocolError
 from cdc.replication.changes import RowChange, TableTruncate
-from cdc.replication.pgoutput import (
+from cdc.replication.messages import (
     UNCHANGED_TOAST,
     Begin,
     Commit,
