@@ -80,39 +80,13 @@ class Positions:
     def lag_seconds(self, now: float) -> float:
         return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)
 
-
-class _StreamConfirmed:
-    """`metrics.confirmed_lsn.set(lsn)`: what the streamer confirmed."""
-
-    def __init__(self, positions: Positions) -> None:
-        self._positions = positions
-
-    def set(self, value: float) -> None:
-        self._positions.stream_confirmed = int(value)
-
-
-class _StreamLag:
-    """`metrics.replication_lag_bytes.set(bytes)`: the streamer's lag, set right after
-    `confirmed_lsn`, so the server position it saw is the sum of the two."""
-
-    def __init__(self, positions: Positions) -> None:
-        self._positions = positions
-
-    def set(self, value: float) -> None:
-        p = self._positions
-        p.stream_server = p.stream_confirmed + max(0, int(value))
-
-
-class _StreamLagSeconds:
-    """`metrics.replication_lag_seconds.set(seconds)`: the age of the oldest pending change
-    when the streamer looked. Kept as that change's commit time, so a scrape between two
-    heartbeats sees the lag grow as it does, not the age it had at the last one."""
-
-    def __init__(self, positions: Positions) -> None:
-        self._positions = positions
-
-    def set(self, value: float) -> None:
-        self._positions.oldest_pending = time.time() - value if value > 0 else None
+    def from_stream(self, server: int, confirmed: int, oldest_pending: float | None) -> None:
+        """What the streamer saw: the server's WAL end, the LSN it confirmed, and the commit
+        time (Unix seconds) of the oldest change not yet in the sink, None when caught up.
+        Kept as that commit time, so a scrape between two heartbeats sees the lag grow."""
+        self.stream_confirmed = confirmed
+        self.stream_server = max(server, confirmed)
+        self.oldest_pending = oldest_pending
 
 
 class Metrics:
@@ -131,17 +105,14 @@ class Metrics:
             "Server WAL position minus the confirmed flush LSN",
             registry=r,
         ).set_function(lambda: p.lag_bytes)
-        self.replication_lag_bytes = _StreamLag(p)
         Gauge(
             "cdc_replication_lag_seconds",
             "Now minus the commit time of the oldest change not yet in the sink; 0 when caught up",
             registry=r,
         ).set_function(lambda: p.lag_seconds(time.time()))
-        self.replication_lag_seconds = _StreamLagSeconds(p)
         Gauge(
             "cdc_confirmed_lsn", "Confirmed flush LSN of the slot as a number", registry=r
         ).set_function(lambda: p.confirmed_lsn)
-        self.confirmed_lsn = _StreamConfirmed(p)
         Gauge(
             "cdc_server_lsn", "The server's current WAL position as a number", registry=r
         ).set_function(lambda: p.server_lsn)

@@ -20,9 +20,9 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from cdc.pipeline.toast import fill_from_previous
 from cdc.replication.changes import RowChange, TableTruncate, Transaction
 from cdc.replication.lsn import Lsn
-from cdc.replication.messages import UNCHANGED_TOAST, Value
 from cdc.replication.positions import Position
 
 
@@ -191,7 +191,7 @@ class ChangeBuffer:
         if previous is not None:
             self._bytes -= previous.size
             if not change.is_delete and not previous.is_delete and change.has_unchanged_toast():
-                _fill_unchanged(change, previous)
+                fill_from_previous(change, previous)
                 change.resize()
         # Re-inserting moves the key to the end: rows drain in the order of their last change.
         self._rows[key] = change
@@ -202,17 +202,3 @@ class ChangeBuffer:
         for key in [key for key in self._rows if key[0] == truncate.table]:
             self._bytes -= self._rows.pop(key).size
         self._truncated[truncate.table] = truncate
-
-
-def _fill_unchanged(change: RowChange, previous: RowChange) -> None:
-    """Take unchanged-TOAST values from the row's previous state when the buffer still has it."""
-    change.content = _merge(change.content, previous.content)
-    change.metadata = _merge(change.metadata, previous.metadata)
-
-
-def _merge(
-    new: tuple[Value, ...] | None, old: tuple[Value, ...] | None
-) -> tuple[Value, ...] | None:
-    if new is None or old is None or UNCHANGED_TOAST not in new:
-        return new
-    return tuple(o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True))

@@ -24,9 +24,10 @@ from cdc.embedding.factory import ProviderFactory
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
 from cdc.metrics import Health, Metrics
+from cdc.pipeline.flow import Session
 from cdc.pipeline.heap import release_free_memory
 from cdc.pipeline.monitor import observing
-from cdc.pipeline.streamer import Session, Streamer
+from cdc.pipeline.streamer import Streamer
 from cdc.replication.positions import Position
 from cdc.replication.reconnect import ReconnectBackoff
 from cdc.replication.slots import SlotInfo, check_slot_usable, slot_info
@@ -36,7 +37,7 @@ from cdc.sink.provision import check_sink_shape, ensure, ensure_indexes
 from cdc.sink.schema import SinkNames
 from cdc.sink.store import Sink, SinkState
 from cdc.source.reads import SourceTable
-from cdc.source.resync import ResyncRequested
+from cdc.source.resync import ResyncRequested, ResyncWorker, new_windows
 from cdc.source.snapshot import SnapshotInterrupted, SnapshotParts, take_snapshot
 
 log = logging.getLogger(__name__)
@@ -202,16 +203,26 @@ async def _session(  # noqa: PLR0917
         parts = await open_parts(stack, settings, make_provider, metrics)
         checkpoint = await snapshot_if_needed(parts, metrics, stop)
         health.snapshot_done = True
+        tables = {t.name: t for t in parts.tables}
+        resyncs = ResyncWorker(
+            settings,
+            tables,
+            parts.applier,
+            metrics,
+            new_windows(),
+            stop,
+            exit_when_idle=exit_when_resynced,
+        )
         session = Session(
             settings=settings,
             stream=parts.stream,
             source=parts.source,
-            tables={t.name: t for t in parts.tables},
+            tables=tables,
             applier=parts.applier,
             metrics=metrics,
             health=health,
             checkpoint=checkpoint,
-            exit_when_resynced=exit_when_resynced,
+            resyncs=resyncs,
         )
         await Streamer(session, stop).run()
 
