@@ -22,7 +22,8 @@ from cdc.metrics import Metrics
 from cdc.replication.positions import Position
 from cdc.rows import RowState, SourceKey
 from cdc.sink.progress import ResyncPosition
-from cdc.sink.store import DeadLetter, Sink, SinkWrite
+from cdc.sink.store import Sink
+from cdc.sink.writer import DeadLetter, SinkWrite
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Applier:
             known_keys = {row.key for row in known}
             rows = [row for row in rows if row.key not in known_keys]
         live = [row for row in rows if not row.deleted]
-        stored = await self._sink.stored_chunks(live) if live else {}
+        stored = await self._sink.reads.stored_chunks(live) if live else {}
         plan = plan_writes(rows, stored, self._model, self._rules)
         write = SinkWrite(
             truncated=list(truncated),
@@ -89,7 +90,7 @@ class Applier:
             checkpoint=checkpoint,
         )
         await self._embed_into(plan.to_embed, write)
-        await self._sink.write(write)
+        await self._sink.writer.write(write)
         self._remember(rows, write, prints)
         plan.unchanged.update(skipped)
         self._count(plan, write)

@@ -21,10 +21,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-
-from psycopg import sql
 
 from cdc.apply.applier import Applier
 from cdc.commands.verify import check_sink_exists, selected_tables
@@ -34,7 +31,7 @@ from cdc.embedding.factory import ProviderFactory
 from cdc.ids import key_values
 from cdc.metrics import Metrics
 from cdc.rows import RowState
-from cdc.sink.schema import SinkNames
+from cdc.sink.reads import DeadLetterRow, dead_letter_rows
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, current_state, describe_tables, fetch_rows
 
@@ -43,32 +40,6 @@ log = logging.getLogger(__name__)
 # waits at most that long.
 RETRY_BATCH_ROWS = 100
 ERROR_WIDTH = 100
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
-    """One dead-lettered chunk as the dead-letter table holds it."""
-
-    source_table: str
-    source_id: str
-    chunk: int
-    attempts: int
-    error: str
-    lsn: str | None
-    first_failed_at: datetime
-    last_failed_at: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "source_table": self.source_table,
-            "source_id": self.source_id,
-            "chunk": self.chunk,
-            "attempts": self.attempts,
-            "error": self.error,
-            "lsn": self.lsn,
-            "first_failed_at": self.first_failed_at.isoformat(),
-            "last_failed_at": self.last_failed_at.isoformat(),
-        }
 
 
 @dataclass(slots=True)
@@ -103,13 +74,7 @@ async def list_dead_letters(settings: Settings, table: str | None) -> list[DeadL
         conn = await connect(settings.sink_dsn, "sink")
         stack.push_async_callback(conn.close)
         await check_sink_exists(settings, conn)
-        query = sql.SQL(
-            "SELECT source_table, source_id, chunk, attempts, error, lsn::text, "
-            "first_failed_at, last_failed_at FROM {} WHERE source_table = ANY(%s) "
-            "ORDER BY source_table, source_id, chunk"
-        ).format(SinkNames.of(settings).dead_letters)
-        rows = await (await conn.execute(query, (tables,))).fetchall()
-    return [DeadLetterRow(*row) for row in rows]
+        return await dead_letter_rows(conn, settings, tables)
 
 
 def render_list(rows: Sequence[DeadLetterRow]) -> str:
@@ -161,16 +126,16 @@ async def _retry_table(
     table: SourceTable, source: Conn, sink: Sink, applier: Applier, report: RetryReport
 ) -> None:
     name = table.name
-    ids = await _dead_ids(sink, name)
+    ids = await sink.reads.dead_letter_ids(name)
     report.retried[name] = len(ids)
     report.resolved[name] = report.failed[name] = 0
     for start in range(0, len(ids), RETRY_BATCH_ROWS):
         batch = ids[start : start + RETRY_BATCH_ROWS]
-        async with sink.writer_lock():
+        async with sink.writer.writer_lock():
             states = await _current_states(source, table, batch)
             await applier.apply([], states, checkpoint=None)
         async with sink.connection.transaction():
-            failing = await sink.dead_lettered(name, batch)
+            failing = await sink.reads.dead_lettered(name, batch)
         report.failed[name] += len(failing)
         report.resolved[name] += len(batch) - len(failing)
     log.info(
@@ -180,15 +145,6 @@ async def _retry_table(
         report.resolved[name],
         report.failed[name],
     )
-
-
-async def _dead_ids(sink: Sink, source_table: str) -> list[str]:
-    query = sql.SQL(
-        "SELECT DISTINCT source_id FROM {} WHERE source_table = %s ORDER BY source_id"
-    ).format(sink.dead_letter_table)
-    async with sink.connection.transaction():
-        rows = await (await sink.connection.execute(query, (source_table,))).fetchall()
-    return [str(row[0]) for row in rows]
 
 
 async def _current_states(

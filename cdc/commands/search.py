@@ -322,7 +322,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Conn:
 
 async def _check_model(settings: Settings, conn: Conn) -> None:
     """A query embedded with one model means nothing against vectors of another."""
-    state = await Sink(conn, settings).load_state()
+    state = await Sink(conn, settings).state.load()
     model = settings.embedding.model
     if state.model is not None and state.model != model:
         raise ConfigError(

@@ -11,8 +11,10 @@ from cdc.config import Settings
 from cdc.db import connect
 from cdc.errors import CdcError
 from cdc.replication.slots import SlotInfo, slot_info
+from cdc.sink.reads import vector_counts
 from cdc.sink.schema import STATE_TABLE, SinkNames
-from cdc.sink.store import Sink, SinkState
+from cdc.sink.state import SinkState, forget_slot, table_exists
+from cdc.sink.store import Sink
 
 
 async def collect_status(settings: Settings) -> dict[str, Any]:
@@ -21,11 +23,12 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     try:
         slot = await slot_info(source, settings.source.slot)
         names = SinkNames.of(settings)
-        set_up = await _exists(sink_conn, names.state)
+        set_up = await table_exists(sink_conn, names.state)
         sink = Sink(sink_conn, settings)
-        state = await sink.load_state() if set_up else SinkState(None, False, None, None)
-        vectors = await _vector_counts(sink_conn, settings)
-        dead = await sink.dead_letter_count() if await _exists(sink_conn, names.dead_letters) else 0
+        state = await sink.state.load() if set_up else SinkState(None, False, None, None)
+        vectors = await vector_counts(sink_conn, settings)
+        has_dead = await table_exists(sink_conn, names.dead_letters)
+        dead = await sink.reads.dead_letter_count() if has_dead else 0
         progress = await _progress(sink)
     finally:
         await source.close()
@@ -82,36 +85,12 @@ def _problems(
     return [], None
 
 
-async def _exists(conn: Any, table: sql.Identifier) -> bool:
-    row = await (await conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),))).fetchone()
-    return row is not None and row[0] is not None
-
-
 async def _progress(sink: Sink) -> list[dict[str, Any]]:
     """Each table's last snapshot or resync and how far it got (none before `cdc run`)."""
     try:
         return [p.as_dict() for p in await sink.progress.all()]
     except psycopg.errors.UndefinedTable:
         return []
-
-
-async def _vector_counts(conn: Any, settings: Settings) -> dict[str, int]:
-    counts = {t.table: 0 for t in settings.tables}
-    for schema, table in settings.sink_tables():
-        exists = await (
-            await conn.execute(
-                "SELECT to_regclass(%s)", (sql.Identifier(schema, table).as_string(conn),)
-            )
-        ).fetchone()
-        if not exists or exists[0] is None:
-            continue
-        query = sql.SQL(
-            "SELECT source_table, count(DISTINCT source_id) FROM {} GROUP BY source_table"
-        ).format(sql.Identifier(schema, table))
-        for source_table, count in await (await conn.execute(query)).fetchall():
-            if source_table in counts:
-                counts[source_table] = int(count)
-    return counts
 
 
 def _slot_words(report: dict[str, Any]) -> str:
@@ -202,16 +181,6 @@ async def teardown(settings: Settings, drop_publication: bool) -> list[str]:
 async def _reset_state(settings: Settings) -> None:
     sink = await connect(settings.sink_dsn, "sink")
     try:
-        names = SinkNames.of(settings)
-        # The slot's state and its snapshot records: the next start begins afresh.
-        for table in (names.state, names.snapshots):
-            exists = await (
-                await sink.execute("SELECT to_regclass(%s)", (table.as_string(sink),))
-            ).fetchone()
-            if exists and exists[0] is not None:
-                await sink.execute(
-                    sql.SQL("DELETE FROM {} WHERE slot = %s").format(table),
-                    (settings.source.slot,),
-                )
+        await forget_slot(sink, settings)
     finally:
         await sink.close()

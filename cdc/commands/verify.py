@@ -372,12 +372,12 @@ class Checker:
     async def _rows(self, table: SourceTable, report: TableReport) -> None:
         embedding = self.settings.embedding
         rules = chunk_rules(self.settings)
-        any_dead = await self.sink.dead_letter_count() > 0
+        any_dead = await self.sink.reads.dead_letter_count() > 0
         async for rows in stream_table(self.source, table, BATCH_ROWS):
             states = [row_state(table, row) for row in rows]
             ids = [state.source_id for state in states]
-            held = group_held(await self.sink.held_chunks(table.name, ids))
-            dead = await self.sink.dead_lettered(table.name, ids) if any_dead else set()
+            held = group_held(await self.sink.reads.held_chunks(table.name, ids))
+            dead = await self.sink.reads.dead_lettered(table.name, ids) if any_dead else set()
             verdicts = classify_batch(states, held, dead, embedding.model, rules[table.name])
             for state, verdict in verdicts:
                 report.record(verdict, state.source_id)
@@ -386,7 +386,7 @@ class Checker:
                 await self.fixer.refresh([row for row, verdict in verdicts if verdict in DRIFT])
 
     async def _orphans(self, table: SourceTable, report: TableReport) -> None:
-        async for ids in self.sink.stored_source_ids(table.name, BATCH_ROWS):
+        async for ids in self.sink.reads.stored_source_ids(table.name, BATCH_ROWS):
             gone = orphans(ids, await _existing_ids(self.source, table, ids))
             for source_id in gone:
                 report.record(Verdict.ORPHAN, source_id)

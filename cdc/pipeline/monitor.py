@@ -17,15 +17,13 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from psycopg import sql
-
 from cdc import __version__
 from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.logs import bind_context
 from cdc.metrics import Health, Metrics
 from cdc.replication.lsn import Lsn
-from cdc.sink.schema import SinkNames
+from cdc.sink.reads import dead_letter_counts
 from cdc.source.estimates import live_rows
 
 log = logging.getLogger(__name__)
@@ -85,21 +83,6 @@ async def poll_slot(conn: Conn, slot: str) -> SlotSample:
         confirmed_flush=Lsn.parse(confirmed) if confirmed else None,
         restart_lsn=Lsn.parse(restart) if restart else None,
     )
-
-
-async def dead_letter_counts(conn: Conn, settings: Settings) -> dict[str, int] | None:
-    """Dead-lettered rows per source table; None before `cdc setup` created the table."""
-    table = SinkNames.of(settings).dead_letters
-    exists = await (
-        await conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),))
-    ).fetchone()
-    if exists is None or exists[0] is None:
-        return None
-    query = sql.SQL(
-        "SELECT source_table, count(DISTINCT source_id) FROM {} GROUP BY source_table"
-    ).format(table)
-    rows = await (await conn.execute(query)).fetchall()
-    return {str(name): int(count) for name, count in rows}
 
 
 class SlotMonitor:

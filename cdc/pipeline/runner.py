@@ -35,7 +35,8 @@ from cdc.replication.stream import ReplicationStream
 from cdc.sink.migrations import TypeWatch
 from cdc.sink.provision import check_sink_shape, ensure, ensure_indexes
 from cdc.sink.schema import SinkNames
-from cdc.sink.store import Sink, SinkState
+from cdc.sink.state import SinkState
+from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable
 from cdc.source.resync import ResyncRequested, ResyncWorker, new_windows
 from cdc.source.snapshot import SnapshotInterrupted, SnapshotParts, take_snapshot
@@ -144,7 +145,7 @@ async def open_parts(
     stack.push_async_callback(sink_conn.close)
     tables = await ensure(settings, source, sink_conn, indexes=False, check_shape=False)
     sink = await Sink.connect(sink_conn, settings)
-    state = await sink.load_state()
+    state = await sink.state.load()
     if check_model:
         # The model first: when it changed, that is the news, not the dimensions with it.
         _check_model(settings, state)
@@ -186,7 +187,7 @@ async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event
     await watch.record(parts.source, parts.tables)
     snapshot = SnapshotParts(parts.settings, parts.sink, parts.applier, metrics, stop)
     checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
-    await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)
+    await parts.sink.state.mark_snapshot(done=True, checkpoint=checkpoint)
     release_free_memory()
     return Position(checkpoint)
 

@@ -65,7 +65,7 @@ async def resync_all(
                     f"{changed}, and `cdc run` is using slot {settings.source.slot} with the old "
                     "model: stop it, run `cdc resync` to rebuild, then start `cdc run` again"
                 )
-            await parts.sink.request_snapshot()
+            await parts.sink.state.request_snapshot()
             say("requested: the running `cdc run` takes the snapshot again")
             if wait:
                 await _wait_for_snapshot(parts.sink, say, stop)
@@ -79,7 +79,7 @@ async def resync_all(
         else:
             snapshot = SnapshotParts(settings, parts.sink, parts.applier, metrics, stop)
             checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
-            await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)
+            await parts.sink.state.mark_snapshot(done=True, checkpoint=checkpoint)
         say(f"resync complete; `cdc run` streams from slot {settings.source.slot}")
 
 
@@ -121,7 +121,7 @@ async def _rebuild(
     async with conn.transaction():
         for schema, table in live:
             await _swap(parts, schema, table)
-        await sink.mark_snapshot(done=True, checkpoint=checkpoint)
+        await sink.state.mark_snapshot(done=True, checkpoint=checkpoint)
     log.info("the rebuilt tables are live; dropping the old ones")
     for schema, table in live:
         retired = sql.Identifier(schema, shadow_name(table, RETIRED_SUFFIX))
@@ -171,7 +171,7 @@ async def _wait_for_snapshot(sink: Sink, say: Say, stop: asyncio.Event) -> None:
     """Poll until the running streamer's new snapshot is complete, saying how far it got."""
     last = ""
     while not stop.is_set():
-        state = await sink.load_state()
+        state = await sink.state.load()
         if state.snapshot_done:
             say("resync complete")
             return

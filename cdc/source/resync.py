@@ -95,7 +95,7 @@ class ResyncWorker:
             await self._request_new_tables(sink.progress)
             types = TypeWatch(sink_conn, SinkNames.of(self.settings), self.settings.source.slot)
             while not self.stop.is_set():
-                state = await sink.load_state()
+                state = await sink.state.load()
                 if not state.snapshot_done:
                     raise ResyncRequested()
                 # A rewrite changing a column's type reaches no row of the stream: re-read it.
@@ -236,13 +236,7 @@ class _TableResync:
         return chunk
 
     async def _sink_ids_after(self, last_id: str | None) -> list[str]:
-        query = sql.SQL(
-            "SELECT DISTINCT source_id FROM {} WHERE source_table = %s AND source_id > %s "
-            "ORDER BY source_id LIMIT %s"
-        ).format(self._sink.target(self._table.name))
-        conn = self._sink.connection
-        cursor = await conn.execute(query, (self._table.name, last_id or "", self._rows))
-        return [str(row[0]) for row in await cursor.fetchall()]
+        return await self._sink.reads.source_ids_after(self._table.name, last_id, self._rows)
 
 
 async def read_after(

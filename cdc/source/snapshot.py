@@ -31,7 +31,8 @@ from cdc.replication.lsn import Lsn
 from cdc.replication.stream import ReplicationStream
 from cdc.rows import RowState
 from cdc.sink.indexes import build_indexes, defer_indexes
-from cdc.sink.store import SeenKeys, Sink
+from cdc.sink.seen import SeenKeys
+from cdc.sink.store import Sink
 from cdc.source.estimates import estimate_rows
 from cdc.source.reads import SourceTable, row_state, stream_table
 
@@ -65,8 +66,8 @@ async def take_snapshot(
     sink, settings = parts.sink, parts.settings
     created = stream.create_slot()
     log.info("created slot at %s; snapshot %s", created.consistent_point, created.snapshot_name)
-    await sink.mark_snapshot(done=False, checkpoint=None)
-    deferred = await defer_indexes(sink.connection, sink.target_names([t.name for t in tables]))
+    await sink.state.mark_snapshot(done=False, checkpoint=None)
+    deferred = await defer_indexes(sink.connection, sink.targets.names([t.name for t in tables]))
     seen = SeenKeys(sink)
     await seen.start()
     async with AsyncExitStack() as stack:
