@@ -190,8 +190,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _resync(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.pipeline.runner import run
     from cdc.commands.resync import resync_all
+    from cdc.pipeline.runner import run
     from cdc.source.resync import request_table_resync, slot_active, wait_for_resyncs
 
     disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from cdc.config import redact_dsn
+from cdc.dsn import redact_dsn
 from cdc.errors import SourceUnavailable
 
 Conn = AsyncConnection[tuple[Any, ...]]

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.apply.applier import Applier
-from cdc.commands.verify import check_sink_exists, selected_tables
+from cdc.commands.scope import selected_tables
 from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.embedding.factory import ProviderFactory
 from cdc.ids import key_values
 from cdc.metrics import Metrics
 from cdc.rows import RowState
+from cdc.sink.provision import check_sink_exists
 from cdc.sink.reads import DeadLetterRow, dead_letter_rows
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, current_state, describe_tables, fetch_rows

@@ -22,8 +22,6 @@ import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-from psycopg import sql
-
 from cdc.apply.applier import Applier
 from cdc.config import Settings
 from cdc.embedding.factory import ProviderFactory
@@ -32,19 +30,12 @@ from cdc.metrics import Metrics
 from cdc.pipeline.runner import Parts, open_parts
 from cdc.sink.progress import TableProgress
 from cdc.sink.provision import vector_type_of, wanted_vector_type
-from cdc.sink.schema import index_name, sink_table_ddl
+from cdc.sink.shadow import prepare_shadow, retire, shadow_name, swap
 from cdc.sink.store import Sink
 from cdc.source.snapshot import SnapshotParts, take_snapshot
 
 log = logging.getLogger(__name__)
-REBUILD_SUFFIX = "__wal2vec_rebuild"
-RETIRED_SUFFIX = "__wal2vec_retired"
 Say = Callable[[str], None]
-
-
-def shadow_name(table: str, suffix: str = REBUILD_SUFFIX) -> str:
-    # Identifiers stop at 63 bytes; keep the suffix whole so the name still says what it is.
-    return table[: 63 - len(suffix)] + suffix
 
 
 async def resync_all(
@@ -109,7 +100,7 @@ async def _rebuild(
     settings, conn = parts.settings, parts.sink_conn
     live = settings.sink_tables()
     for schema, table in live:
-        await _prepare_shadow(parts, schema, table)
+        await prepare_shadow(conn, settings, schema, table)
     shadows = {
         t.table: (settings.target_of(t)[0], shadow_name(settings.target_of(t)[1]))
         for t in settings.tables
@@ -120,51 +111,11 @@ async def _rebuild(
     checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
     async with conn.transaction():
         for schema, table in live:
-            await _swap(parts, schema, table)
+            await swap(conn, schema, table)
         await sink.state.mark_snapshot(done=True, checkpoint=checkpoint)
     log.info("the rebuilt tables are live; dropping the old ones")
     for schema, table in live:
-        retired = sql.Identifier(schema, shadow_name(table, RETIRED_SUFFIX))
-        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(retired))
-        # The indexes keep the names they were built with; give them the usual ones back.
-        for built, usual in (
-            (index_name(shadow_name(table)), index_name(table)),
-            (f"{shadow_name(table)}_pkey"[:63], f"{table}_pkey"[:63]),
-        ):
-            await conn.execute(
-                sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
-                    sql.Identifier(schema, built), sql.Identifier(usual)
-                )
-            )
-
-
-async def _prepare_shadow(parts: Parts, schema: str, table: str) -> None:
-    """The table a rebuild loads: kept from an interrupted rebuild if its type is right."""
-    settings, conn = parts.settings, parts.sink_conn
-    shadow = shadow_name(table)
-    found = await vector_type_of(conn, schema, shadow)
-    if found is not None and found != wanted_vector_type(settings):
-        await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, shadow)))
-    for statement in sink_table_ddl(
-        schema, shadow, settings.sink.vector_type, settings.embedding.dimensions, index=False
-    ):
-        await conn.execute(statement)
-
-
-async def _swap(parts: Parts, schema: str, table: str) -> None:
-    conn = parts.sink_conn
-    retired = shadow_name(table, RETIRED_SUFFIX)
-    await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, retired)))
-    await conn.execute(
-        sql.SQL("ALTER TABLE IF EXISTS {} RENAME TO {}").format(
-            sql.Identifier(schema, table), sql.Identifier(retired)
-        )
-    )
-    await conn.execute(
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-            sql.Identifier(schema, shadow_name(table)), sql.Identifier(table)
-        )
-    )
+        await retire(conn, schema, table)
 
 
 async def _wait_for_snapshot(sink: Sink, say: Say, stop: asyncio.Event) -> None:

@@ -27,13 +27,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.commands.verify import check_sink_exists, selected_tables
+from cdc.commands.scope import selected_tables
 from cdc.config import Settings, TableConfig
 from cdc.db import Conn, connect
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError, SourceUnavailable
 from cdc.ids import source_id_forms
-from cdc.sink.provision import check_sink_shape
+from cdc.sink.provision import check_sink_exists, check_sink_shape
 from cdc.sink.store import Sink
 
 DEFAULT_K = 10

@@ -23,16 +23,17 @@ import psycopg
 from psycopg import sql
 
 from cdc.apply.applier import Applier
-from cdc.config import Settings, TableConfig
+from cdc.commands.scope import selected_tables
+from cdc.config import Settings
 from cdc.content import ChunkRule, make_chunks
 from cdc.db import Conn, connect
 from cdc.embedding.factory import ProviderFactory, chunk_rules
-from cdc.errors import CdcError, ConfigError
+from cdc.errors import CdcError
 from cdc.ids import key_values, render_source_id
 from cdc.metrics import Metrics
 from cdc.replication.slots import slot_info
 from cdc.rows import RowState
-from cdc.sink.schema import SinkNames
+from cdc.sink.provision import check_sink_exists
 from cdc.sink.store import Sink
 from cdc.source.reads import SourceTable, describe_tables, row_state, stream_table
 
@@ -299,31 +300,6 @@ async def _fixer(
     provider = make_provider(settings, metrics)
     stack.push_async_callback(provider.aclose)
     return Fixer(Applier(settings, await Sink.connect(conn, settings), provider, metrics))
-
-
-def selected_tables(settings: Settings, table: str | None) -> list[TableConfig]:
-    if table is None:
-        return list(settings.tables)
-    wanted = table if "." in table else f"public.{table}"
-    chosen = [config for config in settings.tables if config.table == wanted]
-    if not chosen:
-        configured = ", ".join(config.table for config in settings.tables)
-        raise ConfigError(
-            f"--table {table}: not a configured table (tables[].table); configured: {configured}"
-        )
-    return chosen
-
-
-async def check_sink_exists(settings: Settings, sink: Conn) -> None:
-    names = SinkNames.of(settings)
-    targets = [sql.Identifier(*target) for target in settings.sink_tables()]
-    for target in [*targets, names.state, names.dead_letters]:
-        name = target.as_string(sink)
-        row = await (await sink.execute("SELECT to_regclass(%s)", (name,))).fetchone()
-        if row is None or row[0] is None:
-            raise ConfigError(
-                f"sink table {name} does not exist: run `cdc setup` (or `cdc run`) first"
-            )
 
 
 class Fixer:

@@ -26,6 +26,7 @@ from cdc.sink.schema import (
 from cdc.sink.schema import (
     state_upgrades as schema_upgrades,
 )
+from cdc.sink.state import table_exists
 from cdc.source.reads import SourceTable, check_wal_level, describe_tables
 
 log = logging.getLogger(__name__)
@@ -194,3 +195,15 @@ async def setup_script(settings: Settings, source: Conn, sink: Conn) -> str:
     lines = ["-- wal2vec setup: review, then run (sink statements first, then the source's)."]
     lines += [f"{statement.as_string(sink)};" for statement in statements]
     return "\n\n".join(lines) + "\n"
+
+
+async def check_sink_exists(settings: Settings, sink: Conn) -> None:
+    """The sink tables `cdc setup` creates are all there, or a `ConfigError` naming one."""
+    names = SinkNames.of(settings)
+    targets = [sql.Identifier(*target) for target in settings.sink_tables()]
+    for target in [*targets, names.state, names.dead_letters]:
+        if not await table_exists(sink, target):
+            raise ConfigError(
+                f"sink table {target.as_string(sink)} does not exist: run `cdc setup` (or "
+                "`cdc run`) first"
+            )
