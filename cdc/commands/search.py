@@ -19,68 +19,39 @@ mean of its chunks' vectors (pgvector's `avg`), which for the usual one-chunk ro
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any
-
-import psycopg
-from psycopg import sql
 
 from cdc.commands.scope import selected_tables
 from cdc.config import Settings, TableConfig
 from cdc.db import Conn, connect
 from cdc.embedding.providers import EmbeddingProvider
-from cdc.errors import CdcError, ConfigError, SourceUnavailable
+from cdc.errors import CdcError, ConfigError
 from cdc.ids import source_id_forms
+from cdc.sink.nearest import (
+    Hit,
+    Target,
+    best_per_row,
+    has_iterative_scan,
+    has_vectors,
+    nearest_query,
+    nearest_rows,
+    row_vector,
+    vector_text,
+)
 from cdc.sink.provision import check_sink_exists, check_sink_shape
 from cdc.sink.store import Sink
 
 DEFAULT_K = 10
 MAX_K = 1000
-# Chunks fetched per row wanted at first; doubled (up to MAX_FETCH) while long rows crowd out k.
-OVERFETCH = 4
-MAX_FETCH = 20_000
-# pgvector's bounds for hnsw.ef_search; 40 is its default.
-EF_SEARCH_MIN, EF_SEARCH_MAX = 40, 1000
-ITERATIVE_SCAN_SINCE = (0, 8, 0)
 SNIPPET_WIDTH = 60
-
-Target = tuple[str, str]
 
 
 class NoVector(CdcError):
     """`similar` was asked about a row the sink holds no vector for (exit 1)."""
 
     exit_code = 1
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One source row found: its best chunk and that chunk's cosine distance (0 = same)."""
-
-    source_table: str
-    source_id: str
-    chunk: int
-    distance: float
-    content: str
-    metadata: dict[str, Any]
-
-    @property
-    def similarity(self) -> float:
-        """Cosine similarity, 1 - distance."""
-        return 1.0 - self.distance
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "source_table": self.source_table,
-            "source_id": self.source_id,
-            "chunk": self.chunk,
-            "distance": self.distance,
-            "similarity": self.similarity,
-            "content": self.content,
-            "metadata": self.metadata,
-        }
 
 
 # -- the commands -----------------------------------------------------------------------------
@@ -124,11 +95,7 @@ async def check_search(
         conn = await _open(settings, stack)
         await _check_model(settings, conn)
         for target, tables in scope.items():
-            query = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE source_table = ANY(%s))").format(
-                sql.Identifier(*target)
-            )
-            row = await _fetch_one(conn, query, (tables,))
-            if row is not None and row[0]:
+            if await has_vectors(conn, target, tables):
                 return True
     return False
 
@@ -216,56 +183,6 @@ def plan_scope(
     return scope
 
 
-def best_per_row(hits: Iterable[Hit]) -> list[Hit]:
-    """One hit per source row, its nearest chunk, nearest rows first (ties by table and id)."""
-    best: dict[tuple[str, str], Hit] = {}
-    for hit in hits:
-        key = (hit.source_table, hit.source_id)
-        kept = best.get(key)
-        if kept is None or (hit.distance, hit.chunk) < (kept.distance, kept.chunk):
-            best[key] = hit
-    return sorted(best.values(), key=lambda h: (h.distance, h.source_table, h.source_id))
-
-
-def vector_text(values: Iterable[float]) -> str:
-    """pgvector's text form; float32 values survive it exactly."""
-    return "[" + ",".join(repr(float(v)) for v in values) + "]"
-
-
-def nearest_query(
-    target: Target, vector_type: str, where_columns: int, *, exclude: bool
-) -> sql.Composed:
-    """The nearest-chunks query on one sink table, in the shape its HNSW index serves.
-
-    Parameters: `query` (a vector's text form), `tables` (source tables), `limit`, `key<i>` and
-    `value<i>` for each metadata condition, and `self_table`/`self_id` when `exclude`.
-    """
-    conditions: list[sql.Composable] = [sql.SQL("source_table = ANY(%(tables)s)")]
-    conditions += [
-        sql.SQL("metadata ->> {} = {}").format(
-            sql.Placeholder(f"key{i}"), sql.Placeholder(f"value{i}")
-        )
-        for i in range(where_columns)
-    ]
-    if exclude:
-        conditions.append(
-            sql.SQL("NOT (source_table = %(self_table)s AND source_id = %(self_id)s)")
-        )
-    return sql.SQL(
-        "SELECT source_table, source_id, chunk, embedding <=> %(query)s::{type} AS distance, "
-        "content, metadata FROM {target} WHERE {conditions} "
-        "ORDER BY distance LIMIT %(limit)s"
-    ).format(
-        type=sql.SQL(vector_type),
-        target=sql.Identifier(*target),
-        conditions=sql.SQL(" AND ").join(conditions),
-    )
-
-
-def ef_search_for(fetch: int) -> int:
-    return max(EF_SEARCH_MIN, min(fetch, EF_SEARCH_MAX))
-
-
 def render_hits(hits: Sequence[Hit]) -> str:
     """A table for people: rank, cosine distance, table, id, a line of content, metadata."""
     if not hits:
@@ -348,19 +265,14 @@ async def _row_vector(
     """The row's sink id as stored and the mean of its chunks' vectors, in text form."""
     target = settings.target_of(origin)
     forms = source_id_forms(source_id)
-    query = sql.SQL(
-        "SELECT source_id, avg(embedding)::text FROM {} "
-        "WHERE source_table = %s AND source_id = ANY(%s) "
-        "GROUP BY source_id ORDER BY source_id = %s DESC LIMIT 1"
-    ).format(sql.Identifier(*target))
-    row = await _fetch_one(conn, query, (origin.table, forms, source_id))
+    row = await row_vector(conn, target, origin.table, forms, source_id)
     if row is None:
         raise NoVector(
             f"{origin.table} id {source_id} has no vector in {'.'.join(target)}: no such row, "
             "its content is empty, or it is not embedded yet (see `cdc status` and "
             "`cdc dead-letters list`)"
         )
-    return str(row[0]), str(row[1])
+    return row
 
 
 async def _nearest_everywhere(
@@ -373,7 +285,7 @@ async def _nearest_everywhere(
     k: int,
     itself: tuple[str, str] | None,
 ) -> list[Hit]:
-    iterative = await _has_iterative_scan(conn)
+    iterative = await has_iterative_scan(conn)
     hits: list[Hit] = []
     for target, tables in scope.items():
         params: dict[str, Any] = {"query": query, "tables": tables}
@@ -384,50 +296,5 @@ async def _nearest_everywhere(
         statement = nearest_query(
             target, settings.sink.vector_type, len(where), exclude="self_id" in params
         )
-        hits += await _nearest_rows(conn, statement, params, k, iterative)
+        hits += await nearest_rows(conn, statement, params, k, iterative)
     return best_per_row(hits)[:k]
-
-
-async def _nearest_rows(
-    conn: Conn, statement: sql.Composed, params: dict[str, Any], k: int, iterative: bool
-) -> list[Hit]:
-    """The `k` nearest rows of one sink table: fetch chunks, dedupe, fetch more if too few."""
-    fetch = k * OVERFETCH
-    while True:
-        try:
-            async with conn.transaction():
-                await conn.execute(
-                    "SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search_for(fetch)),)
-                )
-                if iterative:
-                    await conn.execute(
-                        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-                    )
-                rows = await (await conn.execute(statement, {**params, "limit": fetch})).fetchall()
-        except psycopg.OperationalError as error:
-            raise SourceUnavailable(f"the sink failed during the search: {error}") from None
-        hits = best_per_row(Hit(r[0], r[1], r[2], float(r[3]), r[4], r[5]) for r in rows)
-        if len(hits) >= k or len(rows) < fetch or fetch >= MAX_FETCH:
-            return hits[:k]
-        fetch = min(fetch * 2, MAX_FETCH)
-
-
-async def _has_iterative_scan(conn: Conn) -> bool:
-    row = await _fetch_one(
-        conn, sql.SQL("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-    )
-    return row is not None and version_tuple(str(row[0])) >= ITERATIVE_SCAN_SINCE
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """`0.8.1` -> (0, 8, 1); a part that is not a number counts as 0."""
-    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
-
-
-async def _fetch_one(
-    conn: Conn, query: sql.SQL | sql.Composed, params: Sequence[Any] | None = None
-) -> tuple[Any, ...] | None:
-    try:
-        return await (await conn.execute(query, params)).fetchone()
-    except psycopg.OperationalError as error:
-        raise SourceUnavailable(f"the sink failed during the search: {error}") from None

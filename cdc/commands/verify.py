@@ -20,7 +20,6 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from cdc.apply.applier import Applier
 from cdc.commands.scope import selected_tables
@@ -29,13 +28,12 @@ from cdc.content import ChunkRule, make_chunks
 from cdc.db import Conn, connect
 from cdc.embedding.factory import ProviderFactory, chunk_rules
 from cdc.errors import CdcError
-from cdc.ids import key_values, render_source_id
 from cdc.metrics import Metrics
 from cdc.replication.slots import slot_info
 from cdc.rows import RowState
 from cdc.sink.provision import check_sink_exists
 from cdc.sink.store import Sink
-from cdc.source.reads import SourceTable, describe_tables, row_state, stream_table
+from cdc.source.reads import SourceTable, describe_tables, existing_ids, row_state, stream_table
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 1000
@@ -363,60 +361,8 @@ class Checker:
 
     async def _orphans(self, table: SourceTable, report: TableReport) -> None:
         async for ids in self.sink.reads.stored_source_ids(table.name, BATCH_ROWS):
-            gone = orphans(ids, await _existing_ids(self.source, table, ids))
+            gone = orphans(ids, await existing_ids(self.source, table, ids))
             for source_id in gone:
                 report.record(Verdict.ORPHAN, source_id)
             if self.fixer is not None:
                 await self.fixer.remove(table.name, gone)
-
-
-async def _existing_ids(conn: Conn, table: SourceTable, source_ids: Sequence[str]) -> set[str]:
-    """Which of these sink ids name a row the source has (in the current snapshot)."""
-    width = len(table.key_names)
-    keys = [key for key in (key_values(i, width) for i in source_ids) if key is not None]
-    return {render_source_id(key) for key in await _present_keys(conn, table, keys)}
-
-
-async def _present_keys(
-    conn: Conn, table: SourceTable, keys: Sequence[tuple[str, ...]]
-) -> list[tuple[str, ...]]:
-    """The keys among `keys` that exist, as the source renders them.
-
-    An id that cannot be cast to the key's type (say "abc" for a bigint key) names no row,
-    but fails the whole lookup: it runs in a savepoint, and a failing batch is halved until
-    the bad ids stand alone.
-    """
-    if not keys:
-        return []
-    try:
-        async with conn.transaction():
-            cursor = await conn.execute(
-                _keys_query(table), [list(c) for c in zip(*keys, strict=True)]
-            )
-            return [tuple(str(v) for v in row) for row in await cursor.fetchall()]
-    except psycopg.DataError:
-        if len(keys) == 1:
-            return []
-        half = len(keys) // 2
-        return [
-            *await _present_keys(conn, table, keys[:half]),
-            *await _present_keys(conn, table, keys[half:]),
-        ]
-
-
-def _keys_query(table: SourceTable) -> sql.Composed:
-    """The key columns (as text) of the rows whose keys are given as one text array per column."""
-    aliases = [sql.Identifier(f"k{i}") for i in range(len(table.key_names))]
-    matches = sql.SQL(" AND ").join(
-        sql.SQL("t.{} = k.{}::{}").format(sql.Identifier(column), alias, sql.SQL(type_name))
-        for column, alias, type_name in zip(table.key_names, aliases, table.key_types, strict=True)
-    )
-    return sql.SQL("SELECT {} FROM {} AS t JOIN unnest({}) AS k({}) ON {}").format(
-        sql.SQL(", ").join(
-            sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in table.key_names
-        ),
-        table.identifier,
-        sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in table.key_names),
-        sql.SQL(", ").join(aliases),
-        matches,
-    )

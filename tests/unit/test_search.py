@@ -6,22 +6,18 @@ from typing import Any
 
 import pytest
 
-from cdc.commands.search import (
-    Hit,
-    best_per_row,
-    ef_search_for,
-    hits_json,
-    nearest_query,
-    parse_where,
-    plan_scope,
-    render_hits,
-    snippet,
-    vector_text,
-    version_tuple,
-)
+from cdc.commands.search import hits_json, parse_where, plan_scope, render_hits, snippet
 from cdc.config import Settings
 from cdc.errors import ConfigError
 from cdc.ids import source_id_forms
+from cdc.sink.nearest import (
+    Hit,
+    best_per_row,
+    ef_search_for,
+    nearest_query,
+    vector_text,
+    version_tuple,
+)
 
 
 def settings(*tables: dict[str, Any]) -> Settings:
