@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from cdc.config import Settings
 from cdc.content import ChunkRule
-from cdc.embedding.providers import EmbeddingProvider, OpenAIProvider, RetryPolicy
+from cdc.embedding.openai_compat import OpenAIProvider
+from cdc.embedding.providers import EmbeddingProvider, RetryPolicy
 from cdc.embedding.tokens import Tokenizer
 from cdc.metrics import Metrics
 
