@@ -15,15 +15,16 @@ from dataclasses import dataclass
 
 from cdc.apply.known import KnownRows, fingerprint
 from cdc.apply.plan import ChunkWork, WritePlan, plan_writes
+from cdc.apply.settle import settle
 from cdc.config import Settings
 from cdc.embedding.factory import chunk_rules, tokenizer_for
-from cdc.embedding.providers import EmbeddingProvider
+from cdc.embedding.providers import EmbeddingProvider, EmbeddingResult
 from cdc.metrics import Metrics
 from cdc.replication.positions import Position
 from cdc.rows import RowState, SourceKey
 from cdc.sink.progress import ResyncPosition
 from cdc.sink.store import Sink
-from cdc.sink.writer import DeadLetter, SinkWrite
+from cdc.sink.writer import SinkWrite
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,11 @@ class Applier:
         live = [row for row in rows if not row.deleted]
         stored = await self._sink.reads.stored_chunks(live) if live else {}
         plan = plan_writes(rows, stored, self._model, self._rules)
-        write = SinkWrite(
-            truncated=list(truncated),
-            remove=list(plan.remove),
-            trim=list(plan.trim),
-            metadata_only=list(plan.metadata_only),
-            positions=list(positions),
-            checkpoint=checkpoint,
+        result = await self._embed(plan.to_embed)
+        write = settle(
+            plan, result, truncated=truncated, positions=positions, checkpoint=checkpoint
         )
-        await self._embed_into(plan.to_embed, write)
+        self._log_rejections(write)
         await self._sink.writer.write(write)
         self._remember(rows, write, prints)
         plan.unchanged.update(skipped)
@@ -103,22 +100,14 @@ class Applier:
             dead_letters=len(write.dead_letters),
         )
 
-    async def _embed_into(self, works: list[ChunkWork], write: SinkWrite) -> None:
+    async def _embed(self, works: list[ChunkWork]) -> EmbeddingResult | None:
         if not works:
-            return
+            return None
         self._metrics.embedding_batch_size.observe(len(works))
         texts = [work.chunk.text for work in works]
         result = await self._provider.embed(texts, self._token_counts(works))
         self._metrics.embedding_tokens.inc(result.tokens)
-        rejected = {works[index].row.key: error for index, error in result.errors.items()}
-        for index, work in enumerate(works):
-            vector = result.vectors[index]
-            if work.row.key in rejected or vector is None:
-                continue
-            write.upserts.append((work, vector))
-        write.landed = list(dict.fromkeys(w.row.key for w, _ in write.upserts))
-        if rejected:
-            self._reject(works, rejected, write)
+        return result
 
     def _token_counts(self, works: list[ChunkWork]) -> list[int]:
         """Each chunk's tokens: counted by chunking where it had to, the rest counted here,
@@ -131,29 +120,16 @@ class Applier:
                 counts[index] = count
         return counts
 
-    def _reject(
-        self, works: list[ChunkWork], rejected: dict[tuple[str, str], str], write: SinkWrite
-    ) -> None:
-        # A row with a rejected chunk keeps no vectors: stale ones would answer for content
-        # the row no longer has. It waits in dead letters for a retry.
-        removed = {row.key for row in write.remove}
-        for work in works:
-            error = rejected.get(work.row.key)
-            if error is None:
-                continue
-            write.dead_letters.append(DeadLetter(work, error))
-            if work.row.key not in removed:
-                write.remove.append(work.row)
-                removed.add(work.row.key)
+    def _log_rejections(self, write: SinkWrite) -> None:
+        for letter in write.dead_letters:
+            work = letter.work
             log.warning(
                 "embedding rejected for %s id %s chunk %d, sent to dead letters: %s",
                 work.row.source_table,
                 work.row.source_id,
                 work.chunk.number,
-                error,
+                letter.error,
             )
-        write.metadata_only = [w for w in write.metadata_only if w.row.key not in rejected]
-        write.trim = [t for t in write.trim if t[0].key not in rejected]
 
     def _remember(
         self, rows: Sequence[RowState], write: SinkWrite, prints: dict[SourceKey, bytes]
