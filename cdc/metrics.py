@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 
 from cdc.config import Settings
+from cdc.replication.lsn import ZERO, Lsn
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
@@ -55,19 +56,19 @@ class Positions:
     """
 
     def __init__(self) -> None:
-        self.stream_server = 0
-        self.stream_confirmed = 0
-        self.server = 0
-        self.slot_confirmed = 0
+        self.stream_server = ZERO
+        self.stream_confirmed = ZERO
+        self.server = ZERO
+        self.slot_confirmed = ZERO
         # Unix time of the commit of the oldest change not yet in the sink; None: caught up.
         self.oldest_pending: float | None = None
 
     @property
-    def server_lsn(self) -> int:
+    def server_lsn(self) -> Lsn:
         return max(self.stream_server, self.server)
 
     @property
-    def confirmed_lsn(self) -> int:
+    def confirmed_lsn(self) -> Lsn:
         return max(self.stream_confirmed, self.slot_confirmed)
 
     @property
@@ -80,13 +81,19 @@ class Positions:
     def lag_seconds(self, now: float) -> float:
         return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)
 
-    def from_stream(self, server: int, confirmed: int, oldest_pending: float | None) -> None:
+    def from_stream(self, server: Lsn, confirmed: Lsn, oldest_pending: float | None) -> None:
         """What the streamer saw: the server's WAL end, the LSN it confirmed, and the commit
         time (Unix seconds) of the oldest change not yet in the sink, None when caught up.
         Kept as that commit time, so a scrape between two heartbeats sees the lag grow."""
         self.stream_confirmed = confirmed
         self.stream_server = max(server, confirmed)
         self.oldest_pending = oldest_pending
+
+    def from_slot(self, server: Lsn, confirmed: Lsn | None) -> None:
+        """What the slot monitor polled: the server's WAL position and the slot's confirmed
+        flush LSN (None when the slot does not exist)."""
+        self.server = server
+        self.slot_confirmed = confirmed or ZERO
 
 
 class Metrics:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cdc.replication.lsn import Lsn
+
 SourceKey = tuple[str, str]  # (source_table, source_id)
 Metadata = dict[str, Any]
 
@@ -21,7 +23,7 @@ class RowState:
     source_id: str
     content: str
     metadata: Metadata
-    lsn: int | None  # commit LSN of the change; None for snapshot reads
+    lsn: Lsn | None  # commit LSN of the change; None for snapshot reads
     deleted: bool = False
 
     @property

@@ -59,9 +59,7 @@ class SlotSample:
 
 def record_sample(metrics: Metrics, sample: SlotSample) -> None:
     """Set the slot gauges from one poll."""
-    positions = metrics.positions
-    positions.server = int(sample.server_lsn)
-    positions.slot_confirmed = int(sample.confirmed_flush or 0)
+    metrics.positions.from_slot(sample.server_lsn, sample.confirmed_flush)
     retained = 0 if sample.restart_lsn is None else sample.server_lsn - sample.restart_lsn
     metrics.slot_retained_wal_bytes.set(max(0, retained))
     metrics.slot_max_wal_keep_bytes.set(sample.max_wal_keep_bytes)

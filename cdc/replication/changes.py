@@ -15,6 +15,7 @@ from typing import Literal
 from cdc.config import TableConfig
 from cdc.errors import ConfigError
 from cdc.ids import render_source_id
+from cdc.replication.lsn import Lsn
 from cdc.replication.messages import UNCHANGED_TOAST, Relation, Row, Value
 
 ChangeOp = Literal["insert", "update", "delete"]
@@ -96,7 +97,7 @@ class RowChange:
     op: ChangeOp
     content: tuple[Value, ...] | None
     metadata: tuple[Value, ...] | None
-    commit_lsn: int
+    commit_lsn: Lsn
     commit_time: int
     # Roughly what holding this change costs, in bytes; computed once.
     size: int
@@ -127,7 +128,7 @@ class TableTruncate:
     """Every row of `table` is gone."""
 
     table: str
-    commit_lsn: int
+    commit_lsn: Lsn
     commit_time: int
 
 
@@ -144,8 +145,8 @@ class Transaction:
     """
 
     xid: int
-    commit_lsn: int
-    end_lsn: int
+    commit_lsn: Lsn
+    end_lsn: Lsn
     commit_time: int
     changes: list[Change]
     # Contents of wal2vec's own logical messages (resync watermarks) in this transaction.
@@ -250,7 +251,7 @@ def column_advice(table: str) -> str:
 
 
 def upsert_change(
-    shape: TableShape, row: Row, op: ChangeOp, commit_lsn: int, commit_time: int
+    shape: TableShape, row: Row, op: ChangeOp, commit_lsn: Lsn, commit_time: int
 ) -> RowChange:
     # The hot path of the stream: every insert and update passes here once.
     key = shape.key_of(row)
@@ -264,7 +265,7 @@ def upsert_change(
 
 
 def delete_change(
-    shape: TableShape, key: tuple[str, ...], commit_lsn: int, commit_time: int
+    shape: TableShape, key: tuple[str, ...], commit_lsn: Lsn, commit_time: int
 ) -> RowChange:
     source_id = render_source_id(key)
     return RowChange(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from cdc.errors import ProtocolError
+from cdc.replication.lsn import Lsn
 
 __all__ = [
     "PG_EPOCH",
@@ -40,8 +41,8 @@ _KEEPALIVE_SIZE: Final = 1 + _KEEPALIVE.size
 class XLogData:
     """A `w` frame: WAL from `wal_start`; `payload` is one pgoutput message."""
 
-    wal_start: int
-    wal_end: int
+    wal_start: Lsn
+    wal_end: Lsn
     send_time: int
     payload: bytes | memoryview
 
@@ -50,7 +51,7 @@ class XLogData:
 class Keepalive:
     """A `k` frame: the server's current WAL end; reply now if `reply_requested`."""
 
-    wal_end: int
+    wal_end: Lsn
     send_time: int
     reply_requested: bool
 
@@ -74,14 +75,14 @@ def parse_frame(data: bytes | memoryview) -> XLogData | Keepalive:
         if len(data) < _XLOGDATA_HEADER:
             raise ProtocolError(f"truncated XLogData frame: {_describe(data)}")
         wal_start, wal_end, send_time = _XLOGDATA.unpack_from(data, 1)
-        return XLogData(wal_start, wal_end, send_time, data[_XLOGDATA_HEADER:])
+        return XLogData(Lsn(wal_start), Lsn(wal_end), send_time, data[_XLOGDATA_HEADER:])
     if kind == 0x6B:  # 'k'
         if len(data) != _KEEPALIVE_SIZE:
             raise ProtocolError(
                 f"keepalive frame must be {_KEEPALIVE_SIZE} bytes: {_describe(data)}"
             )
         wal_end, send_time, reply = _KEEPALIVE.unpack_from(data, 1)
-        return Keepalive(wal_end, send_time, reply != 0)
+        return Keepalive(Lsn(wal_end), send_time, reply != 0)
     raise ProtocolError(
         f"unknown replication frame type {chr(kind)!r} (0x{kind:02x}): {_describe(data)}"
     )
@@ -95,13 +96,13 @@ def is_xlogdata(data: bytes | memoryview) -> bool:
     return len(data) >= _XLOGDATA_HEADER and data[0] == 0x77
 
 
-def xlogdata_wal_end(data: bytes | memoryview) -> int:
+def xlogdata_wal_end(data: bytes | memoryview) -> Lsn:
     """The server's WAL end carried in an XLogData frame's header."""
-    return int(_XLOGDATA.unpack_from(data, 1)[1])
+    return Lsn(_XLOGDATA.unpack_from(data, 1)[1])
 
 
 def encode_standby_status(
-    write_lsn: int, flush_lsn: int, apply_lsn: int, now_us: int, reply_requested: bool = False
+    write_lsn: Lsn, flush_lsn: Lsn, apply_lsn: Lsn, now_us: int, reply_requested: bool = False
 ) -> bytes:
     """Build the `r` standby status update frame.
 

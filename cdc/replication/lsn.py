@@ -30,6 +30,6 @@ class Lsn(int):
 ZERO = Lsn(0)
 
 
-def lsn_text(lsn: int | None) -> str | None:
+def lsn_text(lsn: Lsn | None) -> str | None:
     """An LSN as a `pg_lsn` query parameter; None stays NULL."""
     return None if lsn is None else str(Lsn(lsn))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
+from cdc.replication.lsn import Lsn
+
 
 class UnchangedToast:
     """Marker for a TOASTed column the server did not send because the update left it alone.
@@ -43,7 +45,7 @@ Row: TypeAlias = tuple[Value, ...]
 class Begin:
     """Start of a transaction that is sent whole, at commit time (not streamed)."""
 
-    final_lsn: int
+    final_lsn: Lsn
     commit_time: int
     xid: int
 
@@ -53,8 +55,8 @@ class Commit:
     """End of a Begin..Commit transaction; `commit_lsn` equals the Begin's `final_lsn`."""
 
     flags: int
-    commit_lsn: int
-    end_lsn: int
+    commit_lsn: Lsn
+    end_lsn: Lsn
     commit_time: int
 
 
@@ -62,7 +64,7 @@ class Commit:
 class Origin:
     """The transaction was replayed under a replication origin; follows its Begin."""
 
-    commit_lsn: int
+    commit_lsn: Lsn
     name: str
 
 
@@ -152,7 +154,7 @@ class LogicalMessage:
 
     xid: int | None
     transactional: bool
-    lsn: int
+    lsn: Lsn
     prefix: str
     content: bytes
 
@@ -176,8 +178,8 @@ class StreamCommit:
 
     xid: int
     flags: int
-    commit_lsn: int
-    end_lsn: int
+    commit_lsn: Lsn
+    end_lsn: Lsn
     commit_time: int
 
 
@@ -190,7 +192,7 @@ class StreamAbort:
 
     xid: int
     subxid: int
-    abort_lsn: int | None
+    abort_lsn: Lsn | None
     abort_time: int | None
 
 
@@ -198,8 +200,8 @@ class StreamAbort:
 class BeginPrepare:
     """Start of a prepared transaction (two_phase on)."""
 
-    prepare_lsn: int
-    end_lsn: int
+    prepare_lsn: Lsn
+    end_lsn: Lsn
     prepare_time: int
     xid: int
     gid: str
@@ -210,8 +212,8 @@ class Prepare:
     """PREPARE TRANSACTION of the transaction started by Begin Prepare."""
 
     flags: int
-    prepare_lsn: int
-    end_lsn: int
+    prepare_lsn: Lsn
+    end_lsn: Lsn
     prepare_time: int
     xid: int
     gid: str
@@ -222,8 +224,8 @@ class CommitPrepared:
     """COMMIT PREPARED of transaction `gid`."""
 
     flags: int
-    commit_lsn: int
-    end_lsn: int
+    commit_lsn: Lsn
+    end_lsn: Lsn
     commit_time: int
     xid: int
     gid: str
@@ -234,8 +236,8 @@ class RollbackPrepared:
     """ROLLBACK PREPARED of transaction `gid`."""
 
     flags: int
-    prepare_end_lsn: int
-    rollback_end_lsn: int
+    prepare_end_lsn: Lsn
+    rollback_end_lsn: Lsn
     prepare_time: int
     rollback_time: int
     xid: int
@@ -247,8 +249,8 @@ class StreamPrepare:
     """PREPARE TRANSACTION of a streamed transaction (two_phase and streaming on)."""
 
     flags: int
-    prepare_lsn: int
-    end_lsn: int
+    prepare_lsn: Lsn
+    end_lsn: Lsn
     prepare_time: int
     xid: int
     gid: str

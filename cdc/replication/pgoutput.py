@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Final, TypeAlias
 
 from cdc.errors import ProtocolError
+from cdc.replication.lsn import Lsn
 from cdc.replication.messages import (
     Begin,
     BeginPrepare,
@@ -110,19 +111,19 @@ _Parser: TypeAlias = Callable[[bytes, bool], Message]
 
 def _begin(buf: bytes, streamed: bool) -> Begin:
     final_lsn, commit_time, xid = read_fixed(buf, BEGIN)
-    return Begin(final_lsn, commit_time, xid)
+    return Begin(Lsn(final_lsn), commit_time, xid)
 
 
 def _commit(buf: bytes, streamed: bool) -> Commit:
     flags, commit_lsn, end_lsn, commit_time = read_fixed(buf, COMMIT)
-    return Commit(flags, commit_lsn, end_lsn, commit_time)
+    return Commit(flags, Lsn(commit_lsn), Lsn(end_lsn), commit_time)
 
 
 def _origin(buf: bytes, streamed: bool) -> Origin:
     (commit_lsn,) = read_at(U64, buf, 1)
     name, pos = read_cstring(buf, 9)
     expect_end(buf, pos)
-    return Origin(commit_lsn, name)
+    return Origin(Lsn(commit_lsn), name)
 
 
 def _relation(buf: bytes, streamed: bool) -> Relation:
@@ -234,12 +235,12 @@ def _message(buf: bytes, streamed: bool) -> LogicalMessage:
     pos += 4
     if len(buf) - pos != length:
         raise MalformedError(pos, f"content length {length} but {len(buf) - pos} bytes left")
-    return LogicalMessage(xid, bool(flags & 1), lsn, prefix, buf[pos:])
+    return LogicalMessage(xid, bool(flags & 1), Lsn(lsn), prefix, buf[pos:])
 
 
 def _stream_commit(buf: bytes, streamed: bool) -> StreamCommit:
     xid, flags, commit_lsn, end_lsn, commit_time = read_fixed(buf, STREAM_COMMIT)
-    return StreamCommit(xid, flags, commit_lsn, end_lsn, commit_time)
+    return StreamCommit(xid, flags, Lsn(commit_lsn), Lsn(end_lsn), commit_time)
 
 
 def _stream_abort(buf: bytes, streamed: bool) -> StreamAbort:
@@ -247,7 +248,7 @@ def _stream_abort(buf: bytes, streamed: bool) -> StreamAbort:
     # no flag for it, so the body length is the only way to tell.
     if len(buf) == 1 + STREAM_ABORT_PARALLEL.size:
         xid, subxid, abort_lsn, abort_time = STREAM_ABORT_PARALLEL.unpack_from(buf, 1)
-        return StreamAbort(xid, subxid, abort_lsn, abort_time)
+        return StreamAbort(xid, subxid, Lsn(abort_lsn), abort_time)
     xid, subxid = read_fixed(buf, STREAM_ABORT)
     return StreamAbort(xid, subxid, None, None)
 
@@ -262,30 +263,30 @@ def _gid_message(buf: bytes, layout: struct.Struct) -> tuple[tuple[int, ...], st
 
 def _begin_prepare(buf: bytes, streamed: bool) -> BeginPrepare:
     (prepare_lsn, end_lsn, prepare_time, xid), gid = _gid_message(buf, BEGIN_PREPARE)
-    return BeginPrepare(prepare_lsn, end_lsn, prepare_time, xid, gid)
+    return BeginPrepare(Lsn(prepare_lsn), Lsn(end_lsn), prepare_time, xid, gid)
 
 
 def _prepare(buf: bytes, streamed: bool) -> Prepare:
     (flags, prepare_lsn, end_lsn, prepare_time, xid), gid = _gid_message(buf, PREPARE)
-    return Prepare(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)
+    return Prepare(flags, Lsn(prepare_lsn), Lsn(end_lsn), prepare_time, xid, gid)
 
 
 def _commit_prepared(buf: bytes, streamed: bool) -> CommitPrepared:
     (flags, commit_lsn, end_lsn, commit_time, xid), gid = _gid_message(buf, PREPARE)
-    return CommitPrepared(flags, commit_lsn, end_lsn, commit_time, xid, gid)
+    return CommitPrepared(flags, Lsn(commit_lsn), Lsn(end_lsn), commit_time, xid, gid)
 
 
 def _rollback_prepared(buf: bytes, streamed: bool) -> RollbackPrepared:
     fields, gid = _gid_message(buf, ROLLBACK_PREPARED)
     flags, prepare_end_lsn, rollback_end_lsn, prepare_time, rollback_time, xid = fields
     return RollbackPrepared(
-        flags, prepare_end_lsn, rollback_end_lsn, prepare_time, rollback_time, xid, gid
+        flags, Lsn(prepare_end_lsn), Lsn(rollback_end_lsn), prepare_time, rollback_time, xid, gid
     )
 
 
 def _stream_prepare(buf: bytes, streamed: bool) -> StreamPrepare:
     (flags, prepare_lsn, end_lsn, prepare_time, xid), gid = _gid_message(buf, PREPARE)
-    return StreamPrepare(flags, prepare_lsn, end_lsn, prepare_time, xid, gid)
+    return StreamPrepare(flags, Lsn(prepare_lsn), Lsn(end_lsn), prepare_time, xid, gid)
 
 
 # Parsers that do not change decoder state; Stream Start/Stop are methods of the decoder.

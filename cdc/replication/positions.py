@@ -38,11 +38,11 @@ class Position:
     def is_partial(self) -> bool:
         return self.partial_commit is not None
 
-    def within(self, commit_lsn: int, changes: int) -> Position:
+    def within(self, commit_lsn: Lsn, changes: int) -> Position:
         """This position, moved `changes` changes into the transaction committed at `commit_lsn`."""
         return Position(self.lsn, Lsn(commit_lsn), changes)
 
-    def after(self, end_lsn: int) -> Position:
+    def after(self, end_lsn: Lsn) -> Position:
         """This position, moved past a transaction applied whole that ended at `end_lsn`."""
         return Position(Lsn(max(self.lsn, end_lsn)))
 
@@ -59,14 +59,14 @@ class PositionRules:
         self.checkpoint = checkpoint
         self.confirmable = checkpoint.lsn
 
-    def already_applied(self, commit_lsn: int, end_lsn: int | None) -> bool:
+    def already_applied(self, commit_lsn: Lsn, end_lsn: Lsn | None) -> bool:
         """Whether the sink holds all of this transaction (`end_lsn` None: a part of one whose
         end is not known yet). The slot may resend what was not confirmed before a restart."""
         if end_lsn is not None:
             return end_lsn <= self.checkpoint.lsn
         return commit_lsn <= self.checkpoint.lsn
 
-    def changes_to_skip(self, commit_lsn: int) -> int:
+    def changes_to_skip(self, commit_lsn: Lsn) -> int:
         """How many leading changes of the transaction committed at `commit_lsn` the sink
         already holds (0 unless it was applied in part before a restart)."""
         checkpoint = self.checkpoint
@@ -81,7 +81,7 @@ class PositionRules:
         self.confirmable = Lsn(max(self.confirmable, position.lsn))
         return self.confirmable
 
-    def keepalive(self, wal_end: int, nothing_pending: bool) -> Lsn | None:
+    def keepalive(self, wal_end: Lsn, nothing_pending: bool) -> Lsn | None:
         """The LSN to confirm on a keepalive: its position when nothing received is waiting
         to be applied (no open transaction, an empty buffer, no batch in flight), else None."""
         if not nothing_pending:

@@ -149,7 +149,7 @@ class ReplicationStream:
             timer.cancel()
             loop.remove_reader(fd)
 
-    def confirm(self, lsn: int) -> None:
+    def confirm(self, lsn: Lsn) -> None:
         """Tell the server everything up to `lsn` is safely applied (never moves backwards)."""
         self.confirmed = Lsn(max(self.confirmed, lsn))
         self.send_status()

@@ -29,6 +29,7 @@ from cdc.replication.changes import (
     shape_for,
     upsert_change,
 )
+from cdc.replication.lsn import ZERO, Lsn
 from cdc.replication.messages import (
     Begin,
     Commit,
@@ -60,7 +61,7 @@ class _Open:
 class _OpenPlain(_Open):
     """A plain transaction: committed already, so it may be handed on in parts."""
 
-    commit_lsn: int = 0
+    commit_lsn: Lsn = ZERO
     commit_time: int = 0
     # Change messages received (configured or not; before skipping), and how many of the
     # first ones the sink already holds.
@@ -68,7 +69,7 @@ class _OpenPlain(_Open):
     skip: int = 0
 
 
-def _skip_none(commit_lsn: int) -> int:
+def _skip_none(commit_lsn: Lsn) -> int:
     return 0
 
 
@@ -80,7 +81,7 @@ class TransactionAssembler:
         tables: Mapping[str, TableConfig],
         keys: Mapping[str, tuple[str, ...]] | None = None,
         *,
-        changes_to_skip: Callable[[int], int] = _skip_none,
+        changes_to_skip: Callable[[Lsn], int] = _skip_none,
     ) -> None:
         self._tables = tables
         # Primary key columns per table, from the catalog; else the relation's key flags.
@@ -148,7 +149,7 @@ class TransactionAssembler:
         plain.changes, plain.marks = [], []
         _stamp(changes, plain.commit_lsn, plain.commit_time)
         return Transaction(
-            plain.xid, plain.commit_lsn, 0, plain.commit_time, changes, marks, plain.received
+            plain.xid, plain.commit_lsn, ZERO, plain.commit_time, changes, marks, plain.received
         )
 
     def _shape(self, relation: Relation) -> TableShape | None:
@@ -182,7 +183,7 @@ class TransactionAssembler:
 
     def _truncates(self, message: Truncate) -> list[Change]:
         return [
-            TableTruncate(shape.table, 0, 0)
+            TableTruncate(shape.table, ZERO, 0)
             for relation_id in message.relation_ids
             if (shape := self._known_shape(relation_id)) is not None
         ]
@@ -221,12 +222,12 @@ class TransactionAssembler:
             opened.changes = [c for _, c in kept]
 
 
-def _committed(opened: _Open, commit_lsn: int, end_lsn: int, commit_time: int) -> Transaction:
+def _committed(opened: _Open, commit_lsn: Lsn, end_lsn: Lsn, commit_time: int) -> Transaction:
     _stamp(opened.changes, commit_lsn, commit_time)
     return Transaction(opened.xid, commit_lsn, end_lsn, commit_time, opened.changes, opened.marks)
 
 
-def _stamp(changes: list[Change], commit_lsn: int, commit_time: int) -> None:
+def _stamp(changes: list[Change], commit_lsn: Lsn, commit_time: int) -> None:
     # Changes learn their commit position only when handed on; stamping them is cheaper than
     # building them here from the messages.
     for change in changes:
@@ -236,13 +237,13 @@ def _stamp(changes: list[Change], commit_lsn: int, commit_time: int) -> None:
 
 def _row_changes(shape: TableShape, message: Insert | Update | Delete) -> list[Change]:
     if isinstance(message, Update):
-        change = upsert_change(shape, message.new, "update", 0, 0)
+        change = upsert_change(shape, message.new, "update", ZERO, 0)
         if message.old is not None:
             old_key = shape.key_of(message.old)
             if old_key != change.key:
                 # The primary key changed: the old key's vectors must go.
-                return [delete_change(shape, old_key, 0, 0), change]
+                return [delete_change(shape, old_key, ZERO, 0), change]
         return [change]
     if isinstance(message, Insert):
-        return [upsert_change(shape, message.new, "insert", 0, 0)]
-    return [delete_change(shape, shape.key_of(message.old), 0, 0)]
+        return [upsert_change(shape, message.new, "insert", ZERO, 0)]
+    return [delete_change(shape, shape.key_of(message.old), ZERO, 0)]

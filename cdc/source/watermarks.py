@@ -26,6 +26,7 @@ from cdc.replication.changes import (
     Transaction,
     text_size,
 )
+from cdc.replication.lsn import Lsn
 from cdc.sink.progress import ResyncPosition
 
 Edge = Literal["low", "high"]
@@ -65,7 +66,7 @@ class ChunkRead:
     absent: list[tuple[str, tuple[str, ...]]]  # (source_id, key)
     position: ResyncPosition
 
-    def changes(self, touched: set[str], commit_lsn: int, commit_time: int) -> list[RowChange]:
+    def changes(self, touched: set[str], commit_lsn: Lsn, commit_time: int) -> list[RowChange]:
         """The read as row changes at the high mark, leaving out rows the window touched."""
         out = [
             RowChange(
