@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from cdc import __version__
 from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.logs import bind_context
 from cdc.metrics import Health, Metrics
-from cdc.replication.lsn import Lsn
+from cdc.replication.slots import SlotSample, poll_slot
 from cdc.sink.reads import dead_letter_counts
 from cdc.source.estimates import live_rows
 
@@ -32,29 +31,6 @@ POLL_TIMEOUT = 10.0
 # How long `cdc run` waits for the first poll before it starts, so the row estimates the
 # snapshot's progress is measured against are in place; a server that is down costs no more.
 FIRST_POLL_WAIT = 3.0
-
-_SLOT_QUERY = """
-SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-             ELSE pg_current_wal_lsn() END)::text,
-       (SELECT CASE WHEN setting::bigint < 0 THEN -1 ELSE pg_size_bytes(setting || unit) END
-          FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
-       s.slot_name IS NOT NULL, s.active, s.wal_status,
-       s.confirmed_flush_lsn::text, s.restart_lsn::text
-FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = %s
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class SlotSample:
-    """One poll's answer. Slot fields are None when the slot does not exist."""
-
-    server_lsn: Lsn
-    max_wal_keep_bytes: int  # -1: unlimited
-    exists: bool
-    active: bool
-    wal_status: str | None
-    confirmed_flush: Lsn | None
-    restart_lsn: Lsn | None
 
 
 def record_sample(metrics: Metrics, sample: SlotSample) -> None:
@@ -66,21 +42,6 @@ def record_sample(metrics: Metrics, sample: SlotSample) -> None:
     # A slot that exists but never reserved WAL has no wal_status yet: count it reserved.
     status = (sample.wal_status or "reserved") if sample.exists else None
     metrics.record_slot(status, sample.active)
-
-
-async def poll_slot(conn: Conn, slot: str) -> SlotSample:
-    row = await (await conn.execute(_SLOT_QUERY, (slot,))).fetchone()
-    assert row is not None  # the LEFT JOIN from one row always yields one
-    server, keep, exists, active, wal_status, confirmed, restart = row
-    return SlotSample(
-        server_lsn=Lsn.parse(server),
-        max_wal_keep_bytes=int(keep) if keep is not None else -1,
-        exists=bool(exists),
-        active=bool(active),
-        wal_status=wal_status,
-        confirmed_flush=Lsn.parse(confirmed) if confirmed else None,
-        restart_lsn=Lsn.parse(restart) if restart else None,
-    )
 
 
 class SlotMonitor:

@@ -51,6 +51,48 @@ async def slot_info(conn: Conn, name: str) -> SlotInfo | None:
     )
 
 
+# The slot monitor's poll: also the server's `max_slot_wal_keep_size`, and one row even when
+# the slot does not exist.
+_SAMPLE_QUERY = """
+SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text,
+       (SELECT CASE WHEN setting::bigint < 0 THEN -1 ELSE pg_size_bytes(setting || unit) END
+          FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
+       s.slot_name IS NOT NULL, s.active, s.wal_status,
+       s.confirmed_flush_lsn::text, s.restart_lsn::text
+FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = %s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSample:
+    """One poll's answer. Slot fields are None when the slot does not exist."""
+
+    server_lsn: Lsn
+    max_wal_keep_bytes: int  # -1: unlimited
+    exists: bool
+    active: bool
+    wal_status: str | None
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+
+
+async def poll_slot(conn: Conn, slot: str) -> SlotSample:
+    """What the slot monitor polls: the server's position and the slot's state and limits."""
+    row = await (await conn.execute(_SAMPLE_QUERY, (slot,))).fetchone()
+    assert row is not None  # the LEFT JOIN from one row always yields one
+    server, keep, exists, active, wal_status, confirmed, restart = row
+    return SlotSample(
+        server_lsn=Lsn.parse(server),
+        max_wal_keep_bytes=int(keep) if keep is not None else -1,
+        exists=bool(exists),
+        active=bool(active),
+        wal_status=wal_status,
+        confirmed_flush=Lsn.parse(confirmed) if confirmed else None,
+        restart_lsn=Lsn.parse(restart) if restart else None,
+    )
+
+
 def check_slot_usable(slot: SlotInfo | None, snapshot_done: bool, name: str) -> None:
     """Refuse a slot that lost WAL, and refuse to restart silently from nowhere."""
     if slot is not None and slot.wal_status == "lost":

@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.config import Settings
 from cdc.metrics import STUCK_AFTER_SECONDS, Health, Metrics, serve_http
-from cdc.pipeline.monitor import SlotMonitor, SlotSample, observing, record_sample
+from cdc.pipeline.monitor import SlotMonitor, observing, record_sample
 from cdc.replication.lsn import Lsn
+from cdc.replication.slots import SlotSample
 
 TABLE = "public.articles"
 
