@@ -267,9 +267,15 @@ def upsert_change(
 def delete_change(
     shape: TableShape, key: tuple[str, ...], commit_lsn: Lsn, commit_time: int
 ) -> RowChange:
-    source_id = render_source_id(key)
+    return deletion(shape.table, render_source_id(key), key, commit_lsn, commit_time)
+
+
+def deletion(
+    table: str, source_id: str, key: tuple[str, ...], commit_lsn: Lsn, commit_time: int
+) -> RowChange:
+    """The change that removes row `source_id` of `table` (a delete, or a resync's orphan)."""
     return RowChange(
-        table=shape.table,
+        table=table,
         source_id=source_id,
         key=key,
         op="delete",

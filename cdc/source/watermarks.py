@@ -24,6 +24,7 @@ from cdc.replication.changes import (
     RowChange,
     TableTruncate,
     Transaction,
+    deletion,
     text_size,
 )
 from cdc.replication.lsn import Lsn
@@ -87,17 +88,7 @@ class ChunkRead:
             if row.source_id not in touched
         ]
         out += [
-            RowChange(
-                table=self.table,
-                source_id=source_id,
-                key=key,
-                op="delete",
-                content=None,
-                metadata=None,
-                commit_lsn=commit_lsn,
-                commit_time=commit_time,
-                size=CHANGE_OVERHEAD_BYTES + len(source_id),
-            )
+            deletion(self.table, source_id, key, commit_lsn, commit_time)
             for source_id, key in self.absent
             if source_id not in touched
         ]
