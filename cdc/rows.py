@@ -1,7 +1,8 @@
 """A source row's current state: the unit every stage after the buffer works in.
 
 The streamer, the snapshot, resync, verify and dead-letter retries all turn what they read into
-`RowState`s; the applier plans and embeds them; the sink stores their chunks under `SourceKey`.
+`RowState`s; the applier plans and embeds their chunks (`ChunkWork`); the sink stores them under
+`SourceKey` and says what it holds (`StoredChunk`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cdc.content import Chunk
 from cdc.replication.lsn import Lsn
 
 SourceKey = tuple[str, str]  # (source_table, source_id)
@@ -29,3 +31,21 @@ class RowState:
     @property
     def key(self) -> SourceKey:
         return (self.source_table, self.source_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """What the sink holds for one chunk of a row."""
+
+    content_hash: str
+    model: str
+    # Whether the stored metadata equals the row's current metadata (compared by the sink).
+    same_metadata: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWork:
+    """One chunk of a row, to embed or to update."""
+
+    row: RowState
+    chunk: Chunk

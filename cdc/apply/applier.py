@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdc.apply.known import KnownRows, fingerprint
-from cdc.apply.plan import ChunkWork, WritePlan, plan_writes
+from cdc.apply.plan import WritePlan, plan_writes
 from cdc.apply.settle import settle
 from cdc.config import Settings
 from cdc.embedding.factory import chunk_rules, tokenizer_for
 from cdc.embedding.providers import EmbeddingProvider, EmbeddingResult
 from cdc.metrics import Metrics
 from cdc.replication.positions import Position
-from cdc.rows import RowState, SourceKey
+from cdc.rows import ChunkWork, RowState, SourceKey
 from cdc.sink.progress import ResyncPosition
 from cdc.sink.store import Sink
 from cdc.sink.writer import SinkWrite

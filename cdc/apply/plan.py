@@ -11,21 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cdc.content import Chunk, ChunkRule, make_chunks
-from cdc.rows import RowState, SourceKey
-
-
-@dataclass(frozen=True, slots=True)
-class StoredChunk:
-    content_hash: str
-    model: str
-    # Whether the stored metadata equals the row's current metadata (compared by the sink).
-    same_metadata: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkWork:
-    row: RowState
-    chunk: Chunk
+from cdc.rows import ChunkWork, RowState, SourceKey, StoredChunk
 
 
 @dataclass(slots=True)

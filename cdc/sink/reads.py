@@ -15,10 +15,9 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cdc.apply.plan import StoredChunk
 from cdc.config import Settings
 from cdc.db import Conn
-from cdc.rows import RowState, SourceKey
+from cdc.rows import RowState, SourceKey, StoredChunk
 from cdc.sink.schema import SinkNames
 from cdc.sink.state import table_exists
 from cdc.sink.targets import Targets

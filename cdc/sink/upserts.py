@@ -9,10 +9,10 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cdc.apply.plan import ChunkWork
 from cdc.db import Conn
 from cdc.embedding.providers import Vector
 from cdc.replication.lsn import lsn_text
+from cdc.rows import ChunkWork
 from cdc.sink.targets import Targets
 
 _ON_CONFLICT = (

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
-from cdc.apply.plan import ChunkWork
 from cdc.db import Conn
 from cdc.embedding.providers import Vector
 from cdc.replication.lsn import lsn_text
 from cdc.replication.positions import Position
-from cdc.rows import RowState, SourceKey
+from cdc.rows import ChunkWork, RowState, SourceKey
 from cdc.sink.progress import ProgressStore, ResyncPosition
 from cdc.sink.schema import SinkNames
 from cdc.sink.state import StateStore

@@ -115,6 +115,34 @@ def test_cdc_never_imports_tests() -> None:
     assert {m: n for m, n in offenders.items() if n} == {}
 
 
+# What a package must not import (ARCHITECTURE.md's code map), at module level or deferred.
+FORBIDDEN = {
+    "cdc.replication": ("cdc.pipeline", "cdc.apply", "cdc.sink", "cdc.source", "cdc.embedding"),
+    "cdc.embedding": ("cdc.replication", "cdc.pipeline", "cdc.apply", "cdc.sink", "cdc.source"),
+    "cdc.sink": ("cdc.pipeline", "cdc.apply", "cdc.embedding.openai_compat"),
+}
+# The operator commands and the CLI stand apart: only the CLI, `__main__` and the documented
+# Python search API (`cdc.search`) import them.
+COMMAND_USERS = ("cdc.cli", "cdc.__main__", "cdc.search", "cdc.commands")
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_packages_import_only_what_the_layout_allows() -> None:
+    edges, deferred, _ = graph()
+    wrong = []
+    for module in sorted(edges):
+        targets = edges[module] | deferred[module]
+        for package, forbidden in FORBIDDEN.items():
+            if _under(module, package):
+                wrong += [(module, t) for t in targets for f in forbidden if _under(t, f)]
+        if not any(_under(module, user) for user in COMMAND_USERS):
+            wrong += [(module, t) for t in targets if _under(t, "cdc.commands") or t == "cdc.cli"]
+    assert sorted(wrong) == []
+
+
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cdc.apply.plan import StoredChunk, plan_writes
+from cdc.apply.plan import plan_writes
 from cdc.content import ChunkRule, content_hash, make_chunks
 from cdc.embedding.tokens import Tokenizer
-from cdc.rows import RowState
+from cdc.rows import RowState, StoredChunk
 
 MODEL = "m"
 TOKENIZER = Tokenizer.for_model("text-embedding-3-small")

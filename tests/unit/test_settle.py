@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from cdc.apply.plan import ChunkWork, WritePlan
+from cdc.apply.plan import WritePlan
 from cdc.apply.settle import settle
 from cdc.content import Chunk, content_hash
 from cdc.embedding.providers import EmbeddingResult
 from cdc.replication.lsn import Lsn
 from cdc.replication.positions import Position
-from cdc.rows import RowState
+from cdc.rows import ChunkWork, RowState
 
 
 def row(source_id: str, content: str = "text") -> RowState:
