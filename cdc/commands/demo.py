@@ -19,10 +19,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import psycopg
-from psycopg import sql
 
 from cdc.commands.embedded import EmbeddedServer, start_server
 from cdc.config import Settings, settings_from
@@ -31,6 +30,8 @@ from cdc.db import Conn
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError
 from cdc.metrics import Health, Metrics
+from cdc.sink.reads import chunk_count, vector_counts
+from cdc.sink.store import Sink
 
 TABLE = "public.python_docs"
 SLOT = "wal2vec_demo"
@@ -219,7 +220,7 @@ async def _show_snapshot(  # noqa: PLR0917
         bar.update(done)
         await asyncio.sleep(_POLL * 4)
     bar.finish()
-    chunks = await _scalar(conn, _sink_query(settings, "SELECT count(*) FROM {}"))
+    chunks = await chunk_count(conn, settings)
     say.line(
         f"   {total} rows embedded as {chunks} chunks (of up to "
         f"{settings.embedding.max_input_tokens} tokens) in {time.monotonic() - started:.1f}s"
@@ -275,14 +276,11 @@ async def _wait_for_sink(
     streamer: asyncio.Task[None],
 ) -> float:
     """Seconds until the topic's chunks in the sink have exactly `hashes` (none: deleted)."""
-    query = _sink_query(
-        settings,
-        "SELECT coalesce(array_agg(content_hash ORDER BY chunk), '{{}}') FROM {} "
-        "WHERE source_table = %s AND source_id = %s",
-    )
+    reads = Sink(conn, settings).reads
 
     async def landed() -> bool:
-        return bool(await _scalar(conn, query, (TABLE, topic)) == hashes)
+        held = sorted(await reads.held_chunks(TABLE, [topic]), key=lambda chunk: chunk[1])
+        return [digest for _, _, digest, _ in held] == hashes
 
     return await _deadline_wait(landed, streamer, f"the change to {topic!r} in the sink")
 
@@ -306,22 +304,8 @@ def _check_alive(streamer: asyncio.Task[None]) -> None:
         raise DemoFailed("cdc run stopped before the demo asked it to")
 
 
-def _sink_query(settings: Settings, template: str) -> sql.Composed:
-    (target,) = settings.sink_tables()
-    return sql.SQL(template).format(sql.Identifier(*target))
-
-
 async def _rows_in_sink(conn: Conn, settings: Settings) -> int:
-    query = _sink_query(settings, "SELECT count(DISTINCT source_id) FROM {}")
-    try:
-        return int(await _scalar(conn, query))
-    except psycopg.errors.UndefinedTable:
-        return 0  # cdc run has not created the sink yet
-
-
-async def _scalar(conn: Conn, query: sql.Composed, params: tuple[Any, ...] = ()) -> Any:
-    row = await (await conn.execute(query, params)).fetchone()
-    return None if row is None else row[0]
+    return sum((await vector_counts(conn, settings)).values())
 
 
 class _Printer:

@@ -198,3 +198,15 @@ class DeadLetterRow:
             "first_failed_at": self.first_failed_at.isoformat(),
             "last_failed_at": self.last_failed_at.isoformat(),
         }
+
+
+async def chunk_count(conn: Conn, settings: Settings) -> int:
+    """Chunks (sink rows) of every sink table that exists."""
+    total = 0
+    for schema, table in settings.sink_tables():
+        target = sql.Identifier(schema, table)
+        if await table_exists(conn, target):
+            query = sql.SQL("SELECT count(*) FROM {}").format(target)
+            row = await (await conn.execute(query)).fetchone()
+            total += int(row[0]) if row else 0
+    return total
