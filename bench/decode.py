@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from cdc.pgoutput import PgOutputDecoder
+from cdc.replication.pgoutput import PgOutputDecoder
 
 ROW = (
     b"1234567",

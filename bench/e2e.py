@@ -50,8 +50,8 @@ from psycopg.types.json import Jsonb
 
 from cdc.config import BufferConfig
 from cdc.content import content_hash, render_content
-from cdc.lsn import Lsn
-from cdc.schema import index_name, sink_table_ddl
+from cdc.replication.lsn import Lsn
+from cdc.sink.schema import index_name, sink_table_ddl
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not installed

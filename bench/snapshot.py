@@ -6,7 +6,7 @@ pgvector, the fake OpenAI-compatible endpoint in its own process (no latency), `
 subprocess. For each dimension case (256 dimensions, 1,000,000 short rows; 1536 dimensions,
 100,000 rows), one line per scenario:
 
-1. wal2vec_snapshot / built_after_load: `cdc run` on a new sink. `cdc.indexes` drops the
+1. wal2vec_snapshot / built_after_load: `cdc run` on a new sink. `cdc.sink.indexes` drops the
    HNSW index of the empty sink table, the rows are loaded, the index is built at the end.
    Clock: `cdc run` started -> `cdc_state.snapshot_done`. Also at the live rows' size.
 2. wal2vec_snapshot / live: the same, the sink made by `cdc setup` (with its index) and holding
@@ -14,7 +14,7 @@ subprocess. For each dimension case (256 dimensions, 1,000,000 short rows; 1536 
    snapshot writes. Run on a prefix of the rows (`rows_measured`): HNSW inserts are slow.
 3. server_copy / built_after_load and / live: PostgreSQL alone: the same sink rows (exported
    from run 1) by binary COPY into a table of the sink's shape, then the index built by the
-   very code `cdc run` uses (`cdc.indexes.build_indexes`); or COPYed into it with the index.
+   very code `cdc run` uses (`cdc.sink.indexes.build_indexes`); or COPYed into it with the index.
 4. summary: rows/s of each path, speed-ups, index build times, peak memory.
 
     python bench/snapshot.py --quick
@@ -45,8 +45,8 @@ import psycopg
 from psycopg import AsyncConnection
 
 from cdc.config import SnapshotConfig
-from cdc.indexes import build_indexes
-from cdc.schema import index_name, sink_table_ddl
+from cdc.sink.indexes import build_indexes
+from cdc.sink.schema import index_name, sink_table_ddl
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not installed
@@ -445,9 +445,9 @@ def log_figures(output: str) -> dict[str, Any]:
     built = BUILT_LOG.findall(output)
     loaded = LOADED_LOG.findall(output)
     warnings = [
-        line.split("cdc.indexes:", 1)[1].strip()
+        line.split("cdc.sink.indexes:", 1)[1].strip()
         for line in output.splitlines()
-        if "cdc.indexes:" in line and " INFO " not in line
+        if "cdc.sink.indexes:" in line and " INFO " not in line
     ]
     return {
         "index_deferred": DEFERRED_LOG in output,
@@ -459,7 +459,7 @@ def log_figures(output: str) -> dict[str, Any]:
 
 def prepare_live_sink(dep: Deployment, dimensions: int) -> None:
     """The sink as `cdc setup` makes it (its HNSW index included), holding one row of another
-    source table: not empty, so `cdc.indexes` keeps the index live during the snapshot."""
+    source table: not empty, so `cdc.sink.indexes` keeps the index live during the snapshot."""
     done = dep.cli("setup")
     if done.returncode != 0:
         raise RuntimeError(f"cdc setup exited with {done.returncode}: {done.stderr.strip()}")
@@ -642,7 +642,7 @@ def copy_file(dsn: str, table: str, source: Path, backends: list[int]) -> float:
 def build_index(
     dsn: str, table: str, options: Options, notices: list[str], backends: list[int]
 ) -> float:
-    """`cdc.indexes.build_indexes`, the code `cdc run` uses, with the server's notices kept
+    """`cdc.sink.indexes.build_indexes`, the code `cdc run` uses, with the server's notices kept
     (pgvector says there when the graph outgrows maintenance_work_mem)."""
 
     async def build() -> float:

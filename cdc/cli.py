@@ -20,8 +20,7 @@ from prometheus_client import disable_created_metrics
 
 from cdc import __version__
 from cdc.config import Settings, known_secrets, load_config
-from cdc.content import tokenizer_for
-from cdc.embed import EmbeddingProvider, OpenAIProvider, RetryPolicy
+from cdc.embedding.factory import make_provider
 from cdc.errors import CdcError, ConfigError
 from cdc.logs import Scrubber, configure_logging, scrubbed_output
 from cdc.metrics import Health, Metrics, serve_http
@@ -151,7 +150,8 @@ def _global_options(parser: argparse.ArgumentParser, *, config: bool, default: o
 
 
 async def _setup(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.provision import connect, ensure, setup_script
+    from cdc.db import connect
+    from cdc.sink.provision import ensure, setup_script
 
     source = await connect(settings.source.dsn, "source")
     sink = await connect(settings.sink_dsn, "sink")
@@ -169,32 +169,8 @@ async def _setup(settings: Settings, args: argparse.Namespace) -> int:
         await sink.close()
 
 
-def make_provider(settings: Settings, metrics: Metrics | None = None) -> EmbeddingProvider:
-    if settings.embedding.provider == "local":
-        from cdc.local_embed import make_local_provider
-
-        return make_local_provider(settings, metrics.record_request if metrics else None)
-    embedding = settings.embedding
-    return OpenAIProvider(
-        model=embedding.model,
-        dimensions=embedding.dimensions,
-        api_key=embedding.api_key.get_secret_value() if embedding.api_key else None,
-        base_url=embedding.base_url,
-        max_batch_inputs=embedding.batch_size,
-        timeout=embedding.timeout,
-        retry=RetryPolicy(max_attempts=embedding.max_attempts),
-        on_request=metrics.record_request if metrics else None,
-        tokenizer=tokenizer_for(settings),
-        concurrency=embedding.concurrency,
-        tokens_per_minute=embedding.tokens_per_minute,
-        api_version=embedding.api_version,
-        send_dimensions=embedding.send_dimensions,
-        on_throttle=metrics.embedding_throttled_seconds.inc if metrics else None,
-    )
-
-
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.runner import run
+    from cdc.pipeline.runner import run
 
     # Counters' `_created` series only clutter dashboards; process-wide, so set here, once.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -206,7 +182,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     port = server.sockets[0].getsockname()[1]
     log.info("metrics on http://%s:%d/metrics", settings.metrics.host, port)
     try:
-        await run(settings, lambda s: make_provider(s, metrics), metrics, health, stop)
+        await run(settings, make_provider, metrics, health, stop)
     finally:
         server.close()
     log.info("stopped cleanly")
@@ -214,18 +190,17 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _resync(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.full_resync import resync_all
-    from cdc.resync import request_table_resync, slot_active, wait_for_resyncs
-    from cdc.runner import run
+    from cdc.commands.resync import resync_all
+    from cdc.pipeline.runner import run
+    from cdc.source.resync import request_table_resync, slot_active, wait_for_resyncs
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics, stop = Metrics(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stopper(stop, signum))
-    provider = lambda s: make_provider(s, metrics)  # noqa: E731
     if not args.table:
-        await resync_all(settings, provider, metrics, stop, print, wait=not args.no_wait)
+        await resync_all(settings, make_provider, metrics, stop, print, wait=not args.no_wait)
         return EXIT_OK
     tables = _configured_tables(settings, args.table)
     await request_table_resync(settings, tables)
@@ -235,7 +210,7 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
             await wait_for_resyncs(settings, tables, print, stop)
         return EXIT_OK
     print(f"resyncing {', '.join(tables)} (streaming meanwhile; stops when done)")
-    await run(settings, provider, metrics, Health(), stop, exit_when_resynced=True)
+    await run(settings, make_provider, metrics, Health(), stop, exit_when_resynced=True)
     print("resync complete")
     return EXIT_OK
 
@@ -275,7 +250,7 @@ def _exit_now(deadline: float) -> None:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.status import collect_status, render_status
+    from cdc.commands.status import collect_status, render_status
 
     report = await collect_status(settings)
     print(json.dumps(report, indent=2) if args.json else render_status(report))
@@ -283,7 +258,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.verify import render_outcome, verify
+    from cdc.commands.verify import render_outcome, verify
 
     outcome = await verify(settings, args.table, args.repair, make_provider)
     print(json.dumps(outcome.as_dict(), indent=2) if args.json else render_outcome(outcome))
@@ -291,7 +266,7 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dead_letters_list(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.deadletters import list_dead_letters, render_list
+    from cdc.commands.dead_letters import list_dead_letters, render_list
 
     rows = await list_dead_letters(settings, args.table)
     if args.json:
@@ -302,7 +277,7 @@ async def _dead_letters_list(settings: Settings, args: argparse.Namespace) -> in
 
 
 async def _dead_letters_retry(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.deadletters import render_retry, retry_dead_letters
+    from cdc.commands.dead_letters import render_retry, retry_dead_letters
 
     report = await retry_dead_letters(settings, args.table, make_provider)
     print(json.dumps(report.as_dict(), indent=2) if args.json else render_retry(report))
@@ -310,7 +285,7 @@ async def _dead_letters_retry(settings: Settings, args: argparse.Namespace) -> i
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from cdc.demo import run_demo
+    from cdc.commands.demo import run_demo
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     # SIGTERM as Ctrl-C: cancel, so the streamer drains and the server stops on the way out.
@@ -335,7 +310,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _teardown(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.status import teardown
+    from cdc.commands.status import teardown
 
     for line in await teardown(settings, drop_publication=args.all):
         print(line)
@@ -374,7 +349,7 @@ def _search_parsers(
 
 
 async def _search(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.search import check_search, hits_json, parse_where, render_hits, search
+    from cdc.commands.search import check_search, hits_json, parse_where, render_hits, search
 
     where = parse_where(args.where)
     # The arguments and the sink first: a mistake there is named before a model loads.
@@ -398,7 +373,7 @@ async def _search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _similar(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.search import hits_json, parse_where, render_hits, similar
+    from cdc.commands.search import hits_json, parse_where, render_hits, similar
 
     hits = await similar(
         settings,

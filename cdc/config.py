@@ -13,9 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 import yaml
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,8 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.content import ContentRule
+from cdc.dsn import check_dsn, dsn_password
 from cdc.errors import ConfigError
-from cdc.logs import Scrubber
 
 ENV_PREFIX = "CDC_"
 ENV_CONFIG_PATH = "CDC_CONFIG"
@@ -191,7 +189,7 @@ class SnapshotConfig(_Strict):
 class MetricsConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
-    # Seconds between polls of the slot's state on the server (cdc.monitor).
+    # Seconds between polls of the slot's state on the server (cdc.pipeline.monitor).
     poll_interval: float = Field(10.0, gt=0)
 
 
@@ -339,8 +337,8 @@ def _describe(error: ValidationError, origin: str) -> str:
 
 
 def _check_consistency(settings: Settings) -> None:
-    _check_dsn("source.dsn", settings.source.dsn)
-    _check_dsn("sink.dsn", settings.sink.dsn)
+    check_dsn("source.dsn", settings.source.dsn)
+    check_dsn("sink.dsn", settings.sink.dsn)
     if settings.source.plugin != "pgoutput":
         raise ConfigError(
             f"source.plugin: {settings.source.plugin} is not supported by this version; "
@@ -378,23 +376,6 @@ def _check_chunking(embedding: EmbeddingConfig, table: TableConfig, index: int) 
         )
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, fit for logs and error messages: in the URI's user
-    part or query, or as a keyword (quoted or not)."""
-    return Scrubber(filter(None, [dsn_password(dsn)]))(dsn)
-
-
-def dsn_password(dsn: str | None) -> str | None:
-    """The password a DSN (URI or keywords) carries, as libpq reads it, or None."""
-    if not dsn:
-        return None
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:
-        return None
-    return str(password) if password else None
-
-
 # Environment variables whose values are secrets, wherever they would show.
 SECRET_VARIABLES = ("PGPASSWORD", "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
 
@@ -410,21 +391,3 @@ def known_secrets(settings: Settings | None, environ: Mapping[str, str]) -> list
         key = settings.embedding.api_key
         values.append(key.get_secret_value() if key is not None else None)
     return [value for value in values if value]
-
-
-def _check_dsn(key: str, dsn: str | None) -> None:
-    """A DSN libpq cannot parse is a configuration error; its message must not quote the DSN,
-    which libpq's does (`missing "=" after "<a piece of the password>"`)."""
-    if dsn is None:
-        return
-    try:
-        conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if not detail.startswith(("invalid connection option", "invalid URI query parameter")):
-            detail = re.sub(r'"[^"]*"', '"..."', detail)
-        raise ConfigError(
-            f"{key} is not a valid connection string ({detail}): write it as a URI "
-            "(postgresql://user@host/db) or as keywords (host=... dbname=...), quoting values "
-            "with spaces in single quotes and escaping ' and \\ with a backslash"
-        ) from None

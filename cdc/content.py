@@ -1,23 +1,17 @@
 """The content rule: which text a row is embedded from, how it is hashed, split and identified.
 
 Pure functions; interface.md is the contract they implement. Splitting counts tokens with the
-model's tokenizer (`cdc.tokens`): content over a table's chunk size becomes token windows.
+model's tokenizer (`cdc.embedding.tokens`): content over a table's chunk size becomes token windows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from string import Formatter
-from typing import TYPE_CHECKING
 
-from cdc.tokens import Tokenizer
-
-if TYPE_CHECKING:
-    # Only for annotations: cdc.config itself imports this module.
-    from cdc.config import Settings
+from cdc.embedding.tokens import Tokenizer
 
 SEPARATOR = "\n\n"
 
@@ -115,13 +109,6 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def render_source_id(key_values: Sequence[str]) -> str:
-    """The primary key as text; a composite key as a JSON array of its values as text."""
-    if len(key_values) == 1:
-        return key_values[0]
-    return json.dumps(list(key_values), ensure_ascii=False)
-
-
 @dataclass(frozen=True, slots=True)
 class ChunkRule:
     """How one table's content is cut: windows of `size` tokens sharing `overlap` tokens."""
@@ -129,25 +116,6 @@ class ChunkRule:
     tokenizer: Tokenizer
     size: int
     overlap: int = 0
-
-
-def tokenizer_for(settings: Settings) -> Tokenizer:
-    """The tokenizer of the configured model (or of `embedding.tokenizer`)."""
-    return Tokenizer.for_model(settings.embedding.model, settings.embedding.tokenizer)
-
-
-def chunk_rules(settings: Settings, tokenizer: Tokenizer | None = None) -> dict[str, ChunkRule]:
-    """Each configured source table's rule; the tokenizer is the embedding model's."""
-    embedding = settings.embedding
-    tokenizer = tokenizer or tokenizer_for(settings)
-    return {
-        table.table: ChunkRule(
-            tokenizer,
-            size=table.chunk_tokens or embedding.max_input_tokens,
-            overlap=table.chunk_overlap,
-        )
-        for table in settings.tables
-    }
 
 
 def make_chunks(text: str, rule: ChunkRule) -> list[Chunk]:

@@ -6,9 +6,10 @@ version, slot and model once.
 
 Lag is computed when scraped (see `Positions`). In bytes, from two views of the server: the
 streamer's, from the frames it reads and the LSN it confirms, and the slot monitor's, from the
-server itself over its own connection (`cdc.monitor`). Either alone goes stale: the streamer's
-while its reader waits on a full buffer or between sessions, the monitor's between polls. In
-seconds, from the commit time of the oldest pending change, so it grows between heartbeats.
+server itself over its own connection (`cdc.pipeline.monitor`). Either alone goes stale: the
+streamer's while its reader waits on a full buffer or between sessions, the monitor's between
+polls. In seconds, from the commit time of the oldest pending change, so it grows between
+heartbeats.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prometheus_client import (
 )
 
 from cdc.config import Settings
+from cdc.replication.lsn import ZERO, Lsn
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
@@ -54,19 +56,19 @@ class Positions:
     """
 
     def __init__(self) -> None:
-        self.stream_server = 0
-        self.stream_confirmed = 0
-        self.server = 0
-        self.slot_confirmed = 0
+        self.stream_server = ZERO
+        self.stream_confirmed = ZERO
+        self.server = ZERO
+        self.slot_confirmed = ZERO
         # Unix time of the commit of the oldest change not yet in the sink; None: caught up.
         self.oldest_pending: float | None = None
 
     @property
-    def server_lsn(self) -> int:
+    def server_lsn(self) -> Lsn:
         return max(self.stream_server, self.server)
 
     @property
-    def confirmed_lsn(self) -> int:
+    def confirmed_lsn(self) -> Lsn:
         return max(self.stream_confirmed, self.slot_confirmed)
 
     @property
@@ -79,39 +81,19 @@ class Positions:
     def lag_seconds(self, now: float) -> float:
         return 0.0 if self.oldest_pending is None else max(0.0, now - self.oldest_pending)
 
+    def from_stream(self, server: Lsn, confirmed: Lsn, oldest_pending: float | None) -> None:
+        """What the streamer saw: the server's WAL end, the LSN it confirmed, and the commit
+        time (Unix seconds) of the oldest change not yet in the sink, None when caught up.
+        Kept as that commit time, so a scrape between two heartbeats sees the lag grow."""
+        self.stream_confirmed = confirmed
+        self.stream_server = max(server, confirmed)
+        self.oldest_pending = oldest_pending
 
-class _StreamConfirmed:
-    """`metrics.confirmed_lsn.set(lsn)`: what the streamer confirmed."""
-
-    def __init__(self, positions: Positions) -> None:
-        self._positions = positions
-
-    def set(self, value: float) -> None:
-        self._positions.stream_confirmed = int(value)
-
-
-class _StreamLag:
-    """`metrics.replication_lag_bytes.set(bytes)`: the streamer's lag, set right after
-    `confirmed_lsn`, so the server position it saw is the sum of the two."""
-
-    def __init__(self, positions: Positions) -> None:
-        self._positions = positions
-
-    def set(self, value: float) -> None:
-        p = self._positions
-        p.stream_server = p.stream_confirmed + max(0, int(value))
-
-
-class _StreamLagSeconds:
-    """`metrics.replication_lag_seconds.set(seconds)`: the age of the oldest pending change
-    when the streamer looked. Kept as that change's commit time, so a scrape between two
-    heartbeats sees the lag grow as it does, not the age it had at the last one."""
-
-    def __init__(self, positions: Positions) -> None:
-        self._positions = positions
-
-    def set(self, value: float) -> None:
-        self._positions.oldest_pending = time.time() - value if value > 0 else None
+    def from_slot(self, server: Lsn, confirmed: Lsn | None) -> None:
+        """What the slot monitor polled: the server's WAL position and the slot's confirmed
+        flush LSN (None when the slot does not exist)."""
+        self.server = server
+        self.slot_confirmed = confirmed or ZERO
 
 
 class Metrics:
@@ -130,17 +112,14 @@ class Metrics:
             "Server WAL position minus the confirmed flush LSN",
             registry=r,
         ).set_function(lambda: p.lag_bytes)
-        self.replication_lag_bytes = _StreamLag(p)
         Gauge(
             "cdc_replication_lag_seconds",
             "Now minus the commit time of the oldest change not yet in the sink; 0 when caught up",
             registry=r,
         ).set_function(lambda: p.lag_seconds(time.time()))
-        self.replication_lag_seconds = _StreamLagSeconds(p)
         Gauge(
             "cdc_confirmed_lsn", "Confirmed flush LSN of the slot as a number", registry=r
         ).set_function(lambda: p.confirmed_lsn)
-        self.confirmed_lsn = _StreamConfirmed(p)
         Gauge(
             "cdc_server_lsn", "The server's current WAL position as a number", registry=r
         ).set_function(lambda: p.server_lsn)

@@ -27,7 +27,9 @@ import psycopg
 import yaml
 
 from cdc.config import load_config
-from cdc.content import ContentRule, chunk_rules, content_hash, make_chunks, render_source_id
+from cdc.content import ContentRule, content_hash, make_chunks
+from cdc.embedding.factory import chunk_rules
+from cdc.ids import render_source_id
 from tests.fakes.openai_server import embed_vector
 
 DIMENSIONS = 32

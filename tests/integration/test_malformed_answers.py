@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cdc.answers import NON_FINITE
-from cdc.embed import EmbeddingResult, OpenAIProvider, RetryPolicy
+from cdc.embedding.answers import NON_FINITE
+from cdc.embedding.openai_compat import OpenAIProvider
+from cdc.embedding.providers import EmbeddingResult, RetryPolicy
 from cdc.errors import EmbeddingUnavailable
 from tests.fakes.openai_server import MALFORMATIONS, FakeOpenAIServer, embed_text
 from tests.harness import CdcProcess, Deployment, assert_in_step

@@ -17,9 +17,10 @@ from urllib.parse import quote
 import numpy as np
 from psycopg import sql
 
-from cdc.cli import make_provider
+from cdc.commands.search import search
 from cdc.config import load_config
-from cdc.search import Hit, nearest_query, search
+from cdc.embedding.factory import make_provider
+from cdc.sink.nearest import Hit, nearest_query
 from tests.fakes.openai_server import FakeOpenAIServer, embed_vector
 from tests.harness import DIMENSIONS, Deployment, Table
 

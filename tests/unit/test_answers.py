@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cdc.answers import (
+from cdc.embedding.answers import (
     NON_FINITE,
     DimensionMismatch,
     MalformedAnswer,

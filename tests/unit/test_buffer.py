@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cdc.buffer import ChangeBuffer
-from cdc.changes import RowChange, TableTruncate, Transaction
-from cdc.lsn import Lsn
-from cdc.pgoutput import UNCHANGED_TOAST
-from cdc.positions import Position
+from cdc.pipeline.buffer import ChangeBuffer
+from cdc.replication.changes import RowChange, TableTruncate, Transaction
+from cdc.replication.lsn import Lsn
+from cdc.replication.messages import UNCHANGED_TOAST
+from cdc.replication.positions import Position
 
 
 def change(source_id: str, op: str = "update", content=("t", "b"), lsn: int = 1) -> RowChange:

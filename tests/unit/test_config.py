@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cdc.config import load_config, redact_dsn
+from cdc.config import load_config
+from cdc.dsn import redact_dsn
 from cdc.errors import ConfigError
 
 BASE = """

@@ -6,15 +6,9 @@ import hashlib
 
 import pytest
 
-from cdc.content import (
-    ChunkRule,
-    ContentRule,
-    content_hash,
-    make_chunks,
-    render_content,
-    render_source_id,
-)
-from cdc.tokens import Tokenizer
+from cdc.content import ChunkRule, ContentRule, content_hash, make_chunks, render_content
+from cdc.embedding.tokens import Tokenizer
+from cdc.ids import render_source_id
 
 RULE = ChunkRule(Tokenizer.for_model("text-embedding-3-small"), size=100)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from cdc.demo import TABLE, Progress, corpus, demo_settings
+from cdc.commands.demo import TABLE, Progress, corpus, demo_settings
 
 
 class Terminal(io.StringIO):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cdc.errors import ProtocolError
-from cdc.frames import (
+from cdc.replication.frames import (
     PG_EPOCH,
     Keepalive,
     XLogData,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdc.heap import release_free_memory
+from cdc.pipeline.heap import release_free_memory
 
 
 def rss_kib() -> int:

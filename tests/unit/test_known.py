@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cdc.known import KnownRows, fingerprint
-from cdc.plan import RowState
+from cdc.apply.known import KnownRows, fingerprint
+from cdc.rows import RowState
 
 
 def row(content: str, metadata: dict[str, str] | None = None, source_id: str = "1") -> RowState:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cdc.embedding.local import load_model, resolve_model
 from cdc.errors import ConfigError
-from cdc.local_embed import load_model, resolve_model
 
 
 def test_a_directory_is_loaded_as_given(tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.config import Settings
-from cdc.lsn import Lsn
 from cdc.metrics import STUCK_AFTER_SECONDS, Health, Metrics, serve_http
-from cdc.monitor import SlotMonitor, SlotSample, observing, record_sample
+from cdc.pipeline.monitor import SlotMonitor, observing, record_sample
+from cdc.replication.lsn import Lsn
+from cdc.replication.slots import SlotSample
 
 TABLE = "public.articles"
 
@@ -123,20 +124,19 @@ def test_prepare_labels_the_run_and_creates_known_series_at_zero() -> None:
 
 def test_lag_bytes_from_the_streamer_alone() -> None:
     m = Metrics()
-    m.confirmed_lsn.set(1000)  # as the pipeline's heartbeat sets them, in this order
-    m.replication_lag_bytes.set(500)
+    # as the streamer's heartbeat reports them
+    m.positions.from_stream(server=1000 + 500, confirmed=1000, oldest_pending=None)
     assert sample(m, "cdc_replication_lag_bytes") == 500
     assert sample(m, "cdc_confirmed_lsn") == 1000
     assert sample(m, "cdc_server_lsn") == 1500
-    m.confirmed_lsn.set(1500)
-    m.replication_lag_bytes.set(0)
+    m.positions.from_stream(server=1500, confirmed=1500, oldest_pending=None)
     assert sample(m, "cdc_replication_lag_bytes") == 0
 
 
 def test_lag_bytes_unknown_before_anything_is_confirmed() -> None:
     m = Metrics()
-    m.confirmed_lsn.set(0)  # a new stream reports 0 until its first confirmation
-    m.replication_lag_bytes.set(28_000_000)
+    # a new stream reports 0 until its first confirmation
+    m.positions.from_stream(server=28_000_000, confirmed=0, oldest_pending=None)
     assert sample(m, "cdc_replication_lag_bytes") == 0
     assert sample(m, "cdc_server_lsn") == 28_000_000
 
@@ -146,11 +146,11 @@ def test_lag_seconds_grows_between_heartbeats(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("cdc.metrics.time.time", lambda: now[0])
     m = Metrics()
     assert sample(m, "cdc_replication_lag_seconds") == 0
-    m.replication_lag_seconds.set(1.5)  # the oldest pending change committed 1.5s ago
+    m.positions.from_stream(0, 0, oldest_pending=now[0] - 1.5)  # committed 1.5s ago
     assert sample(m, "cdc_replication_lag_seconds") == 1.5
     now[0] += 2
     assert sample(m, "cdc_replication_lag_seconds") == 3.5
-    m.replication_lag_seconds.set(0)  # caught up
+    m.positions.from_stream(0, 0, oldest_pending=None)  # caught up
     assert sample(m, "cdc_replication_lag_seconds") == 0
 
 
@@ -170,15 +170,14 @@ def slot(server: int, confirmed: int | None, restart: int | None, **kw: Any) -> 
 
 def test_lag_bytes_sees_the_server_move_while_the_reader_waits() -> None:
     m = Metrics()
-    m.confirmed_lsn.set(1000)
-    m.replication_lag_bytes.set(0)  # the reader saw nothing new: it waits on a full buffer
+    # the reader saw nothing new: it waits on a full buffer
+    m.positions.from_stream(server=1000, confirmed=1000, oldest_pending=None)
     record_sample(m, slot(server=9000, confirmed=1000, restart=800))
     assert sample(m, "cdc_replication_lag_bytes") == 8000
     assert sample(m, "cdc_server_lsn") == 9000
     assert sample(m, "cdc_slot_retained_wal_bytes") == 8200
     # The streamer confirms past the server position of the last poll: caught up at once.
-    m.confirmed_lsn.set(9100)
-    m.replication_lag_bytes.set(0)
+    m.positions.from_stream(server=9100, confirmed=9100, oldest_pending=None)
     assert sample(m, "cdc_replication_lag_bytes") == 0
     assert sample(m, "cdc_confirmed_lsn") == 9100
 
@@ -187,8 +186,7 @@ def test_lag_bytes_right_before_the_streamer_first_confirms() -> None:
     m = Metrics()
     record_sample(m, slot(server=5000, confirmed=4000, restart=3000))
     # A new stream reports confirmed 0 until its first confirmation.
-    m.confirmed_lsn.set(0)
-    m.replication_lag_bytes.set(5000)
+    m.positions.from_stream(server=5000, confirmed=0, oldest_pending=None)
     assert sample(m, "cdc_replication_lag_bytes") == 1000
     assert sample(m, "cdc_confirmed_lsn") == 4000
 
@@ -292,7 +290,7 @@ def test_a_failing_poll_is_counted_and_logged_once_without_secrets(
     async def scenario() -> list[bool]:
         return [await monitor.poll(), await monitor.poll()]
 
-    with caplog.at_level(logging.INFO, logger="cdc.monitor"):
+    with caplog.at_level(logging.INFO, logger="cdc.pipeline.monitor"):
         assert asyncio.run(scenario()) == [False, False]
     assert sample(metrics, "cdc_slot_poll_errors_total") == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

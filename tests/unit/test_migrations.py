@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cdc.config import TableConfig
-from cdc.migrations import changed_types, watched_columns
-from cdc.source import SourceTable
+from cdc.sink.migrations import changed_types, watched_columns
+from cdc.source.reads import SourceTable
 
 
 def test_nothing_is_compared_before_a_first_recording() -> None:

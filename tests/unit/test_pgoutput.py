@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import pytest
 
 from cdc.errors import ProtocolError
-from cdc.frames import XLogData, parse_frame, pg_timestamp
-from cdc.pgoutput import (
+from cdc.replication.frames import XLogData, parse_frame, pg_timestamp
+from cdc.replication.messages import (
     UNCHANGED_TOAST,
     Begin,
     BeginPrepare,
@@ -29,7 +29,6 @@ from cdc.pgoutput import (
     LogicalMessage,
     Message,
     Origin,
-    PgOutputDecoder,
     Prepare,
     Relation,
     RelationColumn,
@@ -45,6 +44,7 @@ from cdc.pgoutput import (
     Update,
     Value,
 )
+from cdc.replication.pgoutput import PgOutputDecoder
 
 M = TypeVar("M")
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from cdc.apply.plan import plan_writes
 from cdc.content import ChunkRule, content_hash, make_chunks
-from cdc.plan import RowState, StoredChunk, plan_writes
-from cdc.tokens import Tokenizer
+from cdc.embedding.tokens import Tokenizer
+from cdc.rows import RowState, StoredChunk
 
 MODEL = "m"
 TOKENIZER = Tokenizer.for_model("text-embedding-3-small")

@@ -3,8 +3,8 @@ transaction (invariants 1, 2 and 6 of design.md)."""
 
 from __future__ import annotations
 
-from cdc.lsn import Lsn
-from cdc.positions import Position, PositionRules
+from cdc.replication.lsn import Lsn
+from cdc.replication.positions import Position, PositionRules
 
 
 def test_confirmation_follows_only_what_the_sink_committed() -> None:

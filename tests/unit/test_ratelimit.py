@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cdc.ratelimit import RateGate, ServerLimits, parse_duration
+from cdc.embedding.ratelimit import RateGate, ServerLimits, parse_duration
 
 
 @pytest.mark.parametrize(

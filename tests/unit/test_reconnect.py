@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.reconnect import HEALTHY_AFTER, ReconnectBackoff
+from cdc.replication.reconnect import HEALTHY_AFTER, ReconnectBackoff
 
 ALMOST_ONE = 1.0 - 1e-12
 
@@ -50,7 +50,7 @@ def test_a_session_counts_only_its_own_streaming() -> None:
     import time
 
     from cdc.metrics import Health
-    from cdc.runner import _streamed_for
+    from cdc.pipeline.runner import _streamed_for
 
     health = Health()
     before = time.monotonic()

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from cdc.embed import RETRY_AFTER_HARD_CAP, RetryPolicy, parse_retry_after
+from cdc.embedding.providers import RETRY_AFTER_HARD_CAP, RetryPolicy, parse_retry_after
 
 ALMOST_ONE = 1.0 - 1e-12
 

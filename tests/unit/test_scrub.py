@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from cdc.config import dsn_password, known_secrets, load_config, redact_dsn
+from cdc.config import known_secrets, load_config
+from cdc.dsn import dsn_password, redact_dsn
 from cdc.errors import ConfigError
 from cdc.logs import JsonFormatter, Scrubber, TextFormatter, scrub, scrubbed_output
 

@@ -6,19 +6,15 @@ from typing import Any
 
 import pytest
 
+from cdc.commands.search import hits_json, parse_where, plan_scope, render_hits, snippet
 from cdc.config import Settings
 from cdc.errors import ConfigError
-from cdc.search import (
+from cdc.ids import source_id_forms
+from cdc.sink.nearest import (
     Hit,
     best_per_row,
     ef_search_for,
-    hits_json,
     nearest_query,
-    parse_where,
-    plan_scope,
-    render_hits,
-    snippet,
-    source_id_forms,
     vector_text,
     version_tuple,
 )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cdc.buffer import Batch
-from cdc.changes import TableTruncate
-from cdc.lsn import Lsn
-from cdc.positions import Position
-from cdc.slices import MIN_SLICE_ROWS, SliceSizer, slice_target, supersede
+from cdc.pipeline.buffer import Batch
+from cdc.pipeline.slices import MIN_SLICE_ROWS, SliceSizer, slice_target, supersede
+from cdc.replication.changes import TableTruncate
+from cdc.replication.lsn import Lsn
+from cdc.replication.positions import Position
 from tests.unit.test_buffer import in_table
 
 

@@ -1,4 +1,4 @@
-"""Token counting and token-window chunking (cdc.tokens), with the bundled cl100k_base."""
+"""Token counting and token-window chunking (cdc.embedding.tokens), with the bundled cl100k_base."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import itertools
 
 import pytest
 
-from cdc.errors import ConfigError
-from cdc.tokens import (
+from cdc.embedding.tokens import (
     DEFAULT_ENCODING,
     Tokenizer,
     character_starts,
@@ -16,6 +15,7 @@ from cdc.tokens import (
     load_encoding,
     next_start,
 )
+from cdc.errors import ConfigError
 
 TOKENIZER = Tokenizer.for_model("text-embedding-3-small")
 MIXED = "سلام دنیا 你好世界 🎉👩‍👩‍👧‍👦 naïve café. " * 40 + "The quick brown fox jumps. " * 80

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.changes import RowChange, TableTruncate
 from cdc.config import TableConfig
 from cdc.errors import ConfigError, ProtocolError
-from cdc.pgoutput import (
+from cdc.replication.changes import RowChange, TableTruncate
+from cdc.replication.messages import (
     UNCHANGED_TOAST,
     Begin,
     Commit,
@@ -22,7 +22,7 @@ from cdc.pgoutput import (
     Truncate,
     Update,
 )
-from cdc.transactions import TransactionAssembler
+from cdc.replication.transactions import TransactionAssembler
 
 ARTICLES = TableConfig(table="public.articles", columns=["title", "body"], metadata=["author_id"])
 RELATION = Relation(

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cdc.config import TableConfig
-from cdc.content import ChunkRule, content_hash, make_chunks, render_source_id
-from cdc.plan import RowState
-from cdc.source import SourceTable, row_state
-from cdc.tokens import Tokenizer
-from cdc.verify import (
+from cdc.commands.verify import (
     EXAMPLES,
     HeldChunk,
     TableReport,
@@ -18,10 +13,15 @@ from cdc.verify import (
     classify,
     classify_batch,
     group_held,
-    key_values,
     orphans,
     render_report,
 )
+from cdc.config import TableConfig
+from cdc.content import ChunkRule, content_hash, make_chunks
+from cdc.embedding.tokens import Tokenizer
+from cdc.ids import key_values, render_source_id
+from cdc.rows import RowState
+from cdc.source.reads import SourceTable, row_state
 
 MODEL = "m"
 RULE = ChunkRule(Tokenizer.for_model(MODEL), size=25)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cdc.changes import RowChange, TableTruncate, Transaction
-from cdc.progress import ResyncPosition
-from cdc.watermarks import ChunkRead, ReadRow, Windows, decode_mark, encode_mark
+from cdc.replication.changes import RowChange, TableTruncate, Transaction
+from cdc.sink.progress import ResyncPosition
+from cdc.source.watermarks import ChunkRead, ReadRow, Windows, decode_mark, encode_mark
 
 TABLE = "public.articles"
 

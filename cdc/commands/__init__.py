@@ -1,0 +1,1 @@
+"""Operator commands apart from the streaming path: status, verify, dead letters, search, demo."""

@@ -1,0 +1,186 @@
+"""`cdc status` and `cdc teardown`: what the slot and the sink look like, and removing the slot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.config import Settings
+from cdc.db import connect
+from cdc.errors import CdcError
+from cdc.replication.slots import SlotInfo, slot_info
+from cdc.sink.reads import vector_counts
+from cdc.sink.schema import STATE_TABLE, SinkNames
+from cdc.sink.state import SinkState, forget_slot, table_exists
+from cdc.sink.store import Sink
+
+
+async def collect_status(settings: Settings) -> dict[str, Any]:
+    source = await connect(settings.source.dsn, "source")
+    sink_conn = await connect(settings.sink_dsn, "sink")
+    try:
+        slot = await slot_info(source, settings.source.slot)
+        names = SinkNames.of(settings)
+        set_up = await table_exists(sink_conn, names.state)
+        sink = Sink(sink_conn, settings)
+        state = await sink.state.load() if set_up else SinkState(None, False, None, None)
+        vectors = await vector_counts(sink_conn, settings)
+        has_dead = await table_exists(sink_conn, names.dead_letters)
+        dead = await sink.reads.dead_letter_count() if has_dead else 0
+        progress = await _progress(sink)
+    finally:
+        await source.close()
+        await sink_conn.close()
+    problems, next_step = _problems(settings, slot, set_up, state)
+    report: dict[str, Any] = {
+        "slot": settings.source.slot,
+        "set_up": set_up,
+        "slot_exists": slot is not None,
+        "slot_active": slot.active if slot else False,
+        "wal_status": slot.wal_status if slot else None,
+        "server_lsn": str(slot.server_lsn) if slot else None,
+        "confirmed_lsn": str(slot.confirmed_flush) if slot and slot.confirmed_flush else None,
+        "lag_bytes": slot.lag_bytes if slot else None,
+        "retained_wal_bytes": slot.retained_wal_bytes if slot else None,
+        "checkpoint_lsn": str(state.checkpoint) if state.checkpoint else None,
+        "snapshot_done": state.snapshot_done,
+        "model": state.model,
+        "dimensions": state.dimensions,
+        "vectors": vectors,
+        "dead_letters": dead,
+        "snapshots": progress,
+        "problems": problems,
+        "healthy": not problems,
+    }
+    if next_step is not None:
+        report["next_step"] = next_step
+    return report
+
+
+def _problems(
+    settings: Settings, slot: SlotInfo | None, set_up: bool, state: SinkState
+) -> tuple[list[str], str | None]:
+    """What is wrong, and the one command that moves a newcomer on, if there is one."""
+    name = settings.source.slot
+    if not set_up:
+        return (
+            [f"wal2vec is not set up on this database yet (no {STATE_TABLE} table)"],
+            "run `cdc setup`, then `cdc run`",
+        )
+    if slot is None:
+        if state.snapshot_done:
+            return (
+                [f"slot {name} does not exist (it was dropped after the snapshot)"],
+                "run `cdc resync` to take the snapshot again on a new slot",
+            )
+        return (
+            [f"slot {name} does not exist"],
+            "run `cdc run`: it creates the slot and embeds the rows already there",
+        )
+    if slot.wal_status == "lost":
+        lost = f"slot {name} is invalidated (wal_status lost): run `cdc resync`"
+        return [lost], "run `cdc resync`"
+    return [], None
+
+
+async def _progress(sink: Sink) -> list[dict[str, Any]]:
+    """Each table's last snapshot or resync and how far it got (none before `cdc run`)."""
+    try:
+        return [p.as_dict() for p in await sink.progress.all()]
+    except psycopg.errors.UndefinedTable:
+        return []
+
+
+def _slot_words(report: dict[str, Any]) -> str:
+    if not report["slot_exists"]:
+        return "(missing)"
+    activity = "active" if report["slot_active"] else "inactive"
+    return f"({activity}, wal_status {report['wal_status']})"
+
+
+def _progress_words(p: dict[str, Any]) -> str:
+    estimate = p["rows_estimated"]
+    share = (
+        f" ({100 * p['rows_done'] / estimate:.0f}%)" if estimate and p["status"] != "done" else ""
+    )
+    where = f", {p['phase']}" if p["status"] == "running" and p["kind"] == "resync" else ""
+    return (
+        f"  {p['table']:<30} {p['kind']} {p['status']}{where}: "
+        f"{p['rows_done']} / {estimate if estimate is not None else '?'}{share}"
+    )
+
+
+def render_status(report: dict[str, Any]) -> str:
+    model = (
+        f"{report['model']} ({report['dimensions']} dimensions)"
+        if report["model"]
+        else "(none yet: no vector written)"
+    )
+    lines = [
+        f"slot            {report['slot']} " + _slot_words(report),
+        f"server lsn      {_shown(report['server_lsn'])}",
+        f"confirmed lsn   {_shown(report['confirmed_lsn'])}",
+        f"lag             {_shown(report['lag_bytes'], ' bytes')}",
+        f"retained wal    {_shown(report['retained_wal_bytes'], ' bytes')}",
+        f"checkpoint      {_shown(report['checkpoint_lsn'])}",
+        f"snapshot        {'done' if report['snapshot_done'] else 'not done'}",
+        f"model           {model}",
+        f"dead letters    {report['dead_letters']}",
+        "vectors (rows with vectors, per table):",
+    ]
+    lines += [f"  {table:<30} {count}" for table, count in report["vectors"].items()]
+    if report["snapshots"]:
+        lines.append("snapshots and resyncs (rows read / estimated):")
+        lines += [_progress_words(p) for p in report["snapshots"]]
+    lines += [f"PROBLEM: {problem}" for problem in report["problems"]]
+    if report.get("next_step"):
+        lines.append(f"NEXT: {report['next_step']}")
+    return "\n".join(lines)
+
+
+def _shown(value: object, unit: str = "") -> str:
+    """A value for the text report: "-" when there is none (no slot, nothing streamed yet)."""
+    return "-" if value is None else f"{value}{unit}"
+
+
+async def teardown(settings: Settings, drop_publication: bool) -> list[str]:
+    """Drop the slot (and optionally the publication); vectors are never dropped."""
+    said = []
+    source = await connect(settings.source.dsn, "source")
+    try:
+        slot = await slot_info(source, settings.source.slot)
+        if slot is not None and slot.active:
+            raise CdcError(
+                f"slot {settings.source.slot} is in use by a running `cdc run`: stop it first, "
+                "then run teardown again"
+            )
+        if slot is not None:
+            await source.execute("SELECT pg_drop_replication_slot(%s)", (settings.source.slot,))
+            said.append(f"dropped slot {settings.source.slot}")
+        else:
+            said.append(f"slot {settings.source.slot} did not exist")
+        if drop_publication:
+            await source.execute(
+                sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                    sql.Identifier(settings.source.publication)
+                )
+            )
+            said.append(f"dropped publication {settings.source.publication}")
+    finally:
+        await source.close()
+    await _reset_state(settings)
+    said.append(
+        "vectors kept; the next `cdc run` takes a new snapshot "
+        "(content that did not change is not embedded again)"
+    )
+    return said
+
+
+async def _reset_state(settings: Settings) -> None:
+    sink = await connect(settings.sink_dsn, "sink")
+    try:
+        await forget_slot(sink, settings)
+    finally:
+        await sink.close()

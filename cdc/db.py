@@ -1,0 +1,28 @@
+"""Connections: the one connection type every module annotates with, and how one is opened.
+
+Sink, source and command code all take a `Conn`; only `cdc.replication.stream` opens the
+replication connection, which speaks another protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+
+from cdc.dsn import redact_dsn
+from cdc.errors import SourceUnavailable
+
+Conn = AsyncConnection[tuple[Any, ...]]
+
+
+async def connect(dsn: str, role: str, **kwargs: Any) -> Conn:
+    """Open a connection or raise `SourceUnavailable` naming the (redacted) DSN."""
+    try:
+        return await AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        raise SourceUnavailable(
+            f"cannot connect to the {role} at {redact_dsn(dsn)}: {detail}"
+        ) from None

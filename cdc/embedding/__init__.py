@@ -1,0 +1,1 @@
+"""Embedding providers (OpenAI-compatible, local), their answers, token counting and rate limits."""

@@ -1,0 +1,90 @@
+"""Where the stream stands: what the sink holds, what is skipped on restart, what may be confirmed.
+
+Pure rules, no I/O, so the invariants are proven without a server:
+
+1. The slot is confirmed only up to a position whose changes the sink has committed
+   (`applied`), never past a change it lacks.
+2. A transaction the sink already holds is skipped when the slot sends it again after a
+   restart (`already_applied`), and so are the changes of a transaction applied in part
+   (`changes_to_skip`).
+3. When nothing received is waiting to be applied, a keepalive's position may be confirmed
+   (`keepalive`), so a quiet publication does not make the server keep WAL forever.
+
+A transaction too large for the buffer is applied in parts, each with a checkpoint inside it:
+the commit LSN of the transaction and how many of its changes the sink holds. The slot can only
+be confirmed at transaction boundaries (a confirmed position inside a transaction would make the
+server skip the rest of it), so confirmation stays at the last transaction applied whole while
+the checkpoint moves on inside the large one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdc.replication.lsn import Lsn
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The sink holds every transaction that ended at or before `lsn` and, when
+    `partial_commit` is set, the first `partial_changes` changes of the transaction that
+    committed at `partial_commit` (a row change or a truncate message each)."""
+
+    lsn: Lsn
+    partial_commit: Lsn | None = None
+    partial_changes: int = 0
+
+    @property
+    def is_partial(self) -> bool:
+        return self.partial_commit is not None
+
+    def within(self, commit_lsn: Lsn, changes: int) -> Position:
+        """This position, moved `changes` changes into the transaction committed at `commit_lsn`."""
+        return Position(self.lsn, Lsn(commit_lsn), changes)
+
+    def after(self, end_lsn: Lsn) -> Position:
+        """This position, moved past a transaction applied whole that ended at `end_lsn`."""
+        return Position(Lsn(max(self.lsn, end_lsn)))
+
+    def __str__(self) -> str:
+        if self.partial_commit is None:
+            return str(self.lsn)
+        return f"{self.lsn} + {self.partial_changes} changes of {self.partial_commit}"
+
+
+class PositionRules:
+    """The position of the sink and of the slot, moved by events; never backwards."""
+
+    def __init__(self, checkpoint: Position) -> None:
+        self.checkpoint = checkpoint
+        self.confirmable = checkpoint.lsn
+
+    def already_applied(self, commit_lsn: Lsn, end_lsn: Lsn | None) -> bool:
+        """Whether the sink holds all of this transaction (`end_lsn` None: a part of one whose
+        end is not known yet). The slot may resend what was not confirmed before a restart."""
+        if end_lsn is not None:
+            return end_lsn <= self.checkpoint.lsn
+        return commit_lsn <= self.checkpoint.lsn
+
+    def changes_to_skip(self, commit_lsn: Lsn) -> int:
+        """How many leading changes of the transaction committed at `commit_lsn` the sink
+        already holds (0 unless it was applied in part before a restart)."""
+        checkpoint = self.checkpoint
+        if checkpoint.partial_commit is not None and checkpoint.partial_commit == commit_lsn:
+            return checkpoint.partial_changes
+        return 0
+
+    def applied(self, position: Position) -> Lsn:
+        """The sink committed everything up to `position`: it is the new checkpoint. Returns
+        the LSN that may now be confirmed: the last transaction boundary it covers."""
+        self.checkpoint = position
+        self.confirmable = Lsn(max(self.confirmable, position.lsn))
+        return self.confirmable
+
+    def keepalive(self, wal_end: Lsn, nothing_pending: bool) -> Lsn | None:
+        """The LSN to confirm on a keepalive: its position when nothing received is waiting
+        to be applied (no open transaction, an empty buffer, no batch in flight), else None."""
+        if not nothing_pending:
+            return None
+        self.confirmable = Lsn(max(self.confirmable, wal_end))
+        return self.confirmable

@@ -1,0 +1,107 @@
+"""The replication slot as the server sees it, and the rules for when it may be used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdc.db import Conn
+from cdc.errors import SlotLost
+from cdc.replication.lsn import Lsn
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    active: bool
+    wal_status: str | None
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+    server_lsn: Lsn
+
+    @property
+    def lag_bytes(self) -> int | None:
+        """Server WAL position minus the confirmed flush LSN."""
+        return None if self.confirmed_flush is None else self.server_lsn - self.confirmed_flush
+
+    @property
+    def retained_wal_bytes(self) -> int | None:
+        """WAL the server keeps for this slot: its position minus the slot's restart_lsn."""
+        return None if self.restart_lsn is None else self.server_lsn - self.restart_lsn
+
+
+_SLOT_QUERY = """
+SELECT active, wal_status, confirmed_flush_lsn::text, restart_lsn::text,
+       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text
+FROM pg_replication_slots WHERE slot_name = %s
+"""
+
+
+async def slot_info(conn: Conn, name: str) -> SlotInfo | None:
+    row = await (await conn.execute(_SLOT_QUERY, (name,))).fetchone()
+    if row is None:
+        return None
+    return SlotInfo(
+        name=name,
+        active=bool(row[0]),
+        wal_status=row[1],
+        confirmed_flush=Lsn.parse(row[2]) if row[2] else None,
+        restart_lsn=Lsn.parse(row[3]) if row[3] else None,
+        server_lsn=Lsn.parse(row[4]),
+    )
+
+
+# The slot monitor's poll: also the server's `max_slot_wal_keep_size`, and one row even when
+# the slot does not exist.
+_SAMPLE_QUERY = """
+SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text,
+       (SELECT CASE WHEN setting::bigint < 0 THEN -1 ELSE pg_size_bytes(setting || unit) END
+          FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
+       s.slot_name IS NOT NULL, s.active, s.wal_status,
+       s.confirmed_flush_lsn::text, s.restart_lsn::text
+FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = %s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSample:
+    """One poll's answer. Slot fields are None when the slot does not exist."""
+
+    server_lsn: Lsn
+    max_wal_keep_bytes: int  # -1: unlimited
+    exists: bool
+    active: bool
+    wal_status: str | None
+    confirmed_flush: Lsn | None
+    restart_lsn: Lsn | None
+
+
+async def poll_slot(conn: Conn, slot: str) -> SlotSample:
+    """What the slot monitor polls: the server's position and the slot's state and limits."""
+    row = await (await conn.execute(_SAMPLE_QUERY, (slot,))).fetchone()
+    assert row is not None  # the LEFT JOIN from one row always yields one
+    server, keep, exists, active, wal_status, confirmed, restart = row
+    return SlotSample(
+        server_lsn=Lsn.parse(server),
+        max_wal_keep_bytes=int(keep) if keep is not None else -1,
+        exists=bool(exists),
+        active=bool(active),
+        wal_status=wal_status,
+        confirmed_flush=Lsn.parse(confirmed) if confirmed else None,
+        restart_lsn=Lsn.parse(restart) if restart else None,
+    )
+
+
+def check_slot_usable(slot: SlotInfo | None, snapshot_done: bool, name: str) -> None:
+    """Refuse a slot that lost WAL, and refuse to restart silently from nowhere."""
+    if slot is not None and slot.wal_status == "lost":
+        raise SlotLost(
+            f"replication slot {name} is invalidated (wal_status = lost): the server removed WAL "
+            "it still needed, so changes were missed. Run `cdc resync` to rebuild from a new slot"
+        )
+    if slot is None and snapshot_done:
+        raise SlotLost(
+            f"replication slot {name} does not exist, but the sink was built from it: changes "
+            "since it went may be missing. Run `cdc resync` to rebuild from a new slot"
+        )

@@ -1,0 +1,1 @@
+"""Reads from the source tables: current rows, the initial snapshot, watermarks, resync."""
