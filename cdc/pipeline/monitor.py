@@ -95,8 +95,12 @@ class SlotMonitor:
         sample = await poll_slot(self._conn, self._settings.source.slot)
         record_sample(self._metrics, sample)
         if not self._health.snapshot_done:
-            for table, count in (await live_rows(self._conn, self._settings.tables)).items():
-                self._metrics.snapshot_rows_estimated.labels(table=table).set(count)
+            estimates = await live_rows(self._conn, self._settings.tables)
+            # A count that returns after the snapshot ended may include rows written since:
+            # the estimate is of what the snapshot reads, so it is dropped then.
+            if not self._health.snapshot_done:
+                for table, count in estimates.items():
+                    self._metrics.snapshot_rows_estimated.labels(table=table).set(count)
         dead = await dead_letter_counts(await self._sink(self._conn), self._settings)
         if dead is not None:
             tables = self._settings.tables
