@@ -212,6 +212,22 @@ class Deployment:
             ).fetchone()
             return bool(row and row[0])
 
+    def push_wal_past_the_slot(self) -> bool:
+        """Write and switch WAL once more, then checkpoint; whether the slot is now lost (past
+        `max_slot_wal_keep_size`). Call it in a `wait_until`."""
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO articles (id, title) "
+                "SELECT coalesce(max(id), 0) + 1, 'wal' FROM articles"
+            )
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+            row = conn.execute(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                (self.slot,),
+            ).fetchone()
+        return row is not None and row[0] == "lost"
+
     def snapshot_done(self) -> bool:
         with self.connect() as conn:
             try:

@@ -246,22 +246,8 @@ def invalidate_slot(deployment: Deployment, endpoint: FakeOpenAIServer) -> None:
     deployment.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
     deployment.execute("SELECT pg_reload_conf()")
 
-    def lost() -> bool:
-        with deployment.connect() as conn:
-            conn.execute(
-                "INSERT INTO articles (id, title) "
-                "SELECT coalesce(max(id), 0) + 1, 'wal' FROM articles"
-            )
-            conn.execute("SELECT pg_switch_wal()")
-            conn.execute("CHECKPOINT")
-            row = conn.execute(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                (deployment.slot,),
-            ).fetchone()
-        return row is not None and row[0] == "lost"
-
     try:
-        wait_until(lost, what="the slot to be invalidated")
+        wait_until(deployment.push_wal_past_the_slot, what="the slot to be invalidated")
     finally:
         deployment.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
         deployment.execute("SELECT pg_reload_conf()")

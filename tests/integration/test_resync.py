@@ -321,19 +321,7 @@ def test_model_change_is_refused_then_resync_rebuilds_while_readers_keep_answeri
 
 def _invalidate_slot(deployment: Deployment) -> None:
     """Write WAL and checkpoint until the server gives up the (inactive) slot."""
-
-    def lost() -> bool:
-        with psycopg.connect(deployment.dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO articles (id, title) SELECT max(id) + 1, 'wal' FROM articles")
-            conn.execute("SELECT pg_switch_wal()")
-            conn.execute("CHECKPOINT")
-            row = conn.execute(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                (deployment.slot,),
-            ).fetchone()
-        return row is not None and row[0] == "lost"
-
-    wait_until(lost, what="the slot to be invalidated")
+    wait_until(deployment.push_wal_past_the_slot, what="the slot to be invalidated")
 
 
 def test_a_slot_lost_past_max_slot_wal_keep_size_exits_3_and_resync_recovers(
