@@ -320,9 +320,10 @@ class Wal2JsonDecoder:
             return [make_insert(None, shape.relation_id, shape.full_row(columns[2]))]
         # An INSERT carries every column: it defines the table's columns.
         shape = _widened(None, self._relation_id(key, shape), key, columns, pk)
-        insert = make_insert(None, shape.relation_id, shape.full_row(columns[2]))
+        out: list[Message] = [shape.relation()]
+        out.append(make_insert(None, shape.relation_id, shape.full_row(columns[2])))
         self._shapes[key] = shape
-        return [shape.relation(), insert]
+        return out
 
     def _update(self, obj: _Json) -> list[Message]:
         key = (obj["schema"], obj["table"])
@@ -365,8 +366,9 @@ class Wal2JsonDecoder:
             return [truncate]
         # Nothing of this table seen yet, and a TRUNCATE carries no columns: name it only.
         shape = _Shape(truncate.relation_ids[0], key[0], key[1], (), (), ())
+        out: list[Message] = [shape.relation(), truncate]
         self._shapes[key] = shape
-        return [shape.relation(), truncate]
+        return out
 
     def _relation_id(self, key: tuple[str, str], shape: _Shape | None) -> int:
         if shape is not None:
