@@ -264,8 +264,12 @@ class Wal2JsonDecoder:
         """Decode one payload: usually one message, a Relation first when a table's columns
         are new; raise `ProtocolError` if it is not a wal2json format-version 2 object."""
         try:
-            # str() reads a memoryview in place: no copy of the payload first.
-            obj = _JSON.decode(str(data, "utf-8"))
+            # str() reads a memoryview in place: no copy of the payload first. raw_decode,
+            # not decode: wal2json writes no whitespace around its object to skip.
+            text = str(data, "utf-8")
+            obj, end = _JSON.raw_decode(text)
+            if end != len(text):
+                raise ValueError(f"extra data at char {end}")
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise ProtocolError(f"wal2json payload is not JSON: {exc} ({_excerpt(data)})") from None
         if type(obj) is not dict:
@@ -328,23 +332,27 @@ class Wal2JsonDecoder:
     def _update(self, obj: _Json) -> list[Message]:
         key = (obj["schema"], obj["table"])
         columns = _split(obj["columns"])
-        identity = _split(self._identity(obj, key))
+        identity: list[_Json] = self._identity(obj, key)
         pk = tuple(map(_NAME, obj["pk"]))
         shape = self._shapes.get(key)
-        out: list[Message] = []
-        if (
-            shape is not None
-            and shape.matches(columns[0], columns[1], pk)
-            and all(map(shape.positions.__contains__, identity[0]))
-        ):
+        if shape is not None and shape.matches(columns[0], columns[1], pk):
+            # The common case: every column sent, none new (a few microseconds count here).
             new = shape.full_row(columns[2])
-        else:
-            # Unchanged TOASTed columns are left out of an UPDATE: absent means unchanged.
-            shape, relation = self._fitted(key, shape, _joined(columns, identity), pk)
-            if relation is not None:
-                out.append(relation)
-            new = shape.partial_row(columns, UNCHANGED_TOAST)
-        old = _changed_key(shape, identity, new)
+            try:
+                old = _changed_key(shape.positions, identity, new)
+            except _UnknownColumn:
+                pass  # a key column the table was not known to have: the slow way
+            else:
+                kind = None if old is None else "K"
+                return [make_update(None, shape.relation_id, old, kind, new)]
+        # Unchanged TOASTed columns are left out of an UPDATE: absent means unchanged.
+        out: list[Message] = []
+        named = _joined(columns, _split(identity))
+        shape, relation = self._fitted(key, shape, named, pk)
+        if relation is not None:
+            out.append(relation)
+        new = shape.partial_row(columns, UNCHANGED_TOAST)
+        old = _changed_key(shape.positions, identity, new)
         out.append(make_update(None, shape.relation_id, old, None if old is None else "K", new))
         self._shapes[key] = shape
         return out
@@ -397,22 +405,29 @@ class Wal2JsonDecoder:
         return identity
 
 
-def _changed_key(shape: _Shape, identity: _Columns, new: Row) -> Row | None:
+class _UnknownColumn(Exception):
+    """The identity names a column the table's shape lacks."""
+
+
+def _changed_key(positions: dict[str, int], identity: list[_Json], new: Row) -> Row | None:
     """The old key row if it differs from the new row's values (pgoutput's 'K'), else None.
 
     wal2json always sends the identity of an UPDATE, taken from the new row when the server
     logged no old key (the key did not change); pgoutput sends an old key only when it did.
     """
-    positions = shape.positions
-    old: list[Value] = [None] * len(shape.names)
     changed = False
-    for name, type_oid, value in zip(*identity, strict=True):
-        position = positions[name]
-        text = _text(value, type_oid)
-        old[position] = text
-        if new[position] != text:
+    for column in identity:
+        position = positions.get(column["name"])
+        if position is None:
+            raise _UnknownColumn
+        if new[position] != _text(column["value"], column["typeoid"]):
             changed = True
-    return tuple(old) if changed else None
+    if not changed:
+        return None
+    old: list[Value] = [None] * len(new)
+    for column in identity:
+        old[positions[column["name"]]] = _text(column["value"], column["typeoid"])
+    return tuple(old)
 
 
 def _excerpt(data: bytes | memoryview) -> str:
