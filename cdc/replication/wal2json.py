@@ -56,9 +56,10 @@ from cdc.replication.messages import (
 
 __all__ = ["Wal2JsonDecoder", "commit_time", "wal2json_options"]
 
-# Integers and floats stay the exact JSON token: PostgreSQL's own text form, as pgoutput sends.
-# One decoder object: json.loads(..., parse_int=...) would build a new one per call.
-_JSON: Final = json.JSONDecoder(parse_int=str, parse_float=str)
+# Integers and floats stay the exact JSON token: PostgreSQL's own text form, as pgoutput sends
+# (and the bare NaN/Infinity Python's json accepts would be PostgreSQL's spelling too). One
+# decoder object: json.loads(..., parse_int=...) would build a new one per call.
+_JSON: Final = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str)
 
 # Type oids as parsed (integers are kept as their token, see _JSON).
 _BOOL_OID: Final = "16"

@@ -406,6 +406,7 @@ def typed(typeoid: int, value: Any) -> Any:
         (701, b"1e+300", "1e+300"),
         (701, b"0.1", "0.1"),
         (700, b"-1.5E-10", "-1.5E-10"),
+        (701, b"-Infinity", "-Infinity"),  # not JSON, but Python's json reads it: keep the text
         (
             25,
             b'"it\'s \\"quoted\\", back\\\\slash,\\nnew line\\ttab"',
