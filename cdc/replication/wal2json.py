@@ -241,7 +241,10 @@ class Wal2JsonDecoder:
 
     Keeps the columns last seen per table, to synthesize Relations (see the module docstring).
     Use one decoder per replication connection, as with pgoutput: after a reconnect the next
-    change of each table is announced by a Relation again.
+    change of each table is announced by a Relation again. Unlike pgoutput's (table OIDs), the
+    relation ids are this decoder's own: a new decoder numbers tables from 1 again, so it needs
+    a new `TransactionAssembler` too, or that would take a table's new Relation for a change of
+    whatever table held the id before.
     """
 
     __slots__ = ("_handlers", "_last_time", "_next_relation_id", "_shapes")
