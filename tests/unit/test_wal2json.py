@@ -224,7 +224,8 @@ def test_each_table_gets_its_own_stable_relation_id() -> None:
     decoder = decoder_with_articles()
     other = decoder.decode(insert((ID, 5), table="notes"))
     assert other[0] == Relation(None, 2, "public", "notes", "d", (ARTICLES.columns[0],))
-    assert decoder.decode(insert((ID, 3), (TITLE, "t"), (BODY, "b")))[0].relation_id == 1  # type: ignore[union-attr]
+    (again,) = decoder.decode(insert((ID, 3), (TITLE, "t"), (BODY, "b")))
+    assert isinstance(again, Insert) and again.relation_id == 1
     same_name = encoded({**json.loads(insert((ID, 6), table="notes")), "schema": "other"})
     assert decoder.decode(same_name)[0] == Relation(
         None, 3, "other", "notes", "d", (ARTICLES.columns[0],)
@@ -1046,12 +1047,12 @@ def transactions(plugin: str) -> dict[str, tuple[Transaction, ...]]:
     would read them (pgoutput sends each Relation once per session)."""
     assembler = TransactionAssembler(TABLES, KEYS)
     out: dict[str, tuple[Transaction, ...]] = {}
-    if plugin == "pgoutput":
-        pgoutput = PgOutputDecoder()
-        decode = lambda payload: [pgoutput.decode(payload)]  # noqa: E731
-        payloads = pgoutput_payloads
-    else:
-        decode, payloads = Wal2JsonDecoder().decode, wal2json_payloads
+    pgoutput, wal2json = PgOutputDecoder(), Wal2JsonDecoder()
+
+    def decode(payload: bytes) -> list[Message]:
+        return [pgoutput.decode(payload)] if plugin == "pgoutput" else wal2json.decode(payload)
+
+    payloads = pgoutput_payloads if plugin == "pgoutput" else wal2json_payloads
     for scenario in SCENARIOS:
         committed = []
         *body, marker = payloads(scenario)
