@@ -104,6 +104,7 @@ async def _failover(settings: Settings, slot: SlotInfo | None) -> dict[str, Any]
         "standby_synced": copy.synced if copy else None,
         "standby_confirmed_lsn": _lsn_text(copy),
         "standby_invalidation": copy.invalidation if copy else None,
+        "standby_temporary": copy.temporary if copy else None,
         "ready": bool(slot and slot.failover and copy and copy.ready),
     }
 
@@ -126,8 +127,10 @@ def _failover_problems(settings: Settings, failover: dict[str, Any] | None) -> l
         ]
     return [
         f"slot {name} is not synchronised to the standby {failover['standby']} "
-        f"(synced {failover['standby_synced']}, invalidated "
-        f"{failover['standby_invalidation'] or 'no'}): a promotion now would lose it. Check "
+        f"(synced {failover['standby_synced']}, temporary {failover['standby_temporary']}, "
+        f"invalidated {failover['standby_invalidation'] or 'no'}): a promotion now would lose "
+        "it. A new slot's copy stays temporary until the standby passes its catalog horizon "
+        "(moments, on a busy primary; `SELECT pg_log_standby_snapshot()` there helps). Check "
         "the standby's sync_replication_slots, hot_standby_feedback, primary_slot_name and "
         "the dbname in primary_conninfo (`cdc setup --print-sql` lists them)"
     ]

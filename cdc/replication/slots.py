@@ -128,15 +128,18 @@ class StandbyCopy:
     confirmed_flush: Lsn | None
     # Why the copy can no longer be used (`invalidation_reason`), or None.
     invalidation: str | None
+    # A copy still waiting for the standby to pass the slot's catalog horizon: a promotion
+    # drops it.
+    temporary: bool = False
 
     @property
     def ready(self) -> bool:
         """A promotion of this standby would find the slot there, usable."""
-        return self.exists and self.synced and self.invalidation is None
+        return self.exists and self.synced and not self.temporary and self.invalidation is None
 
 
 _STANDBY_QUERY = """
-SELECT s.synced, s.confirmed_flush_lsn::text, s.invalidation_reason
+SELECT s.synced, s.confirmed_flush_lsn::text, s.invalidation_reason, s.temporary
 FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = %s
 """
 
@@ -157,11 +160,12 @@ async def standby_copy(dsn: str, slot: str) -> StandbyCopy | None:
     finally:
         await conn.close()
     assert row is not None  # the LEFT JOIN from one row always yields one
-    synced, confirmed, invalidation = row
+    synced, confirmed, invalidation, temporary = row
     return StandbyCopy(
         host=host,
         exists=synced is not None,
         synced=bool(synced),
         confirmed_flush=Lsn.parse(confirmed) if confirmed else None,
         invalidation=invalidation,
+        temporary=bool(temporary),
     )

@@ -31,7 +31,9 @@ SELECT current_setting('server_version_num')::int,
        (SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'),
        (SELECT setting FROM pg_settings WHERE name = 'synchronized_standby_slots'),
        pg_is_in_recovery(),
-       ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical')
+       ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'),
+       ARRAY(SELECT slot_name::text FROM pg_replication_slots
+             WHERE slot_type = 'physical' AND active)
 """
 
 
@@ -46,6 +48,8 @@ class ServerFacts:
     synchronized_standby_slots: tuple[str, ...]
     in_recovery: bool
     physical_slots: frozenset[str]
+    # Physical slots a standby streams from now.
+    active_physical_slots: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,7 @@ def parse_list(setting: str | None) -> tuple[str, ...]:
 async def server_facts(conn: Conn) -> ServerFacts:
     row = await (await conn.execute(_FACTS_QUERY)).fetchone()
     assert row is not None
-    version, text, wal_level, plugins, standby_slots, in_recovery, physical = row
+    version, text, wal_level, plugins, standby_slots, in_recovery, physical, active = row
     return ServerFacts(
         version=int(version),
         version_text=str(text).split()[0],
@@ -83,6 +87,7 @@ async def server_facts(conn: Conn) -> ServerFacts:
         synchronized_standby_slots=parse_list(standby_slots),
         in_recovery=bool(in_recovery),
         physical_slots=frozenset(physical or ()),
+        active_physical_slots=frozenset(active or ()),
     )
 
 
@@ -180,8 +185,28 @@ def _failover(facts: ServerFacts, source: SourceConfig) -> list[Finding]:
 
 
 def _standby_slots(facts: ServerFacts) -> list[Finding]:
-    missing = [s for s in facts.synchronized_standby_slots if s not in facts.physical_slots]
-    if not missing or facts.in_recovery:
+    if facts.in_recovery:
+        return []
+    named = facts.synchronized_standby_slots
+    missing = [s for s in named if s not in facts.physical_slots]
+    idle = [s for s in named if s in facts.physical_slots and s not in facts.active_physical_slots]
+    findings = [*_missing_standby_slots(missing)]
+    if idle:
+        findings.append(
+            Finding(
+                "warning",
+                f"synchronized_standby_slots names {', '.join(idle)}, but no standby streams "
+                "from it now: logical streams here wait until that standby is back, so wal2vec "
+                "receives nothing meanwhile. Bring the standby back, or, to stream without it, "
+                "take its slot out of synchronized_standby_slots",
+                stalls=True,
+            )
+        )
+    return findings
+
+
+def _missing_standby_slots(missing: list[str]) -> list[Finding]:
+    if not missing:
         return []
     return [
         Finding(

@@ -127,3 +127,14 @@ def test_the_failover_requirements_name_every_setting() -> None:
     ):
         assert setting in text
     assert all(line.startswith("--") for line in failover_requirements())
+
+
+def test_a_standby_slot_no_standby_streams_from_holds_the_stream() -> None:
+    down = dataclasses.replace(
+        PG18, synchronized_standby_slots=("sb1",), physical_slots=frozenset({"sb1"})
+    )
+    [finding] = assess(down, source())
+    assert finding.level == "warning" and finding.stalls
+    assert "sb1" in finding.message and "no standby streams from it" in finding.message
+    up = dataclasses.replace(down, active_physical_slots=frozenset({"sb1"}))
+    assert assess(up, source()) == []
