@@ -84,7 +84,10 @@ def test_failover_warns_about_what_weakens_it() -> None:
 
 def test_failover_with_a_standby_slot_and_two_hosts_is_quiet() -> None:
     ready = dataclasses.replace(
-        PG18, synchronized_standby_slots=("sb1",), physical_slots=frozenset({"sb1"})
+        PG18,
+        synchronized_standby_slots=("sb1",),
+        physical_slots=frozenset({"sb1"}),
+        active_physical_slots=frozenset({"sb1"}),
     )
     dsn = "host=a,b port=5432,5433 dbname=app target_session_attrs=read-write"
     assert assess(ready, source(failover=True, dsn=dsn)) == []
