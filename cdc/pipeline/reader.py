@@ -110,7 +110,12 @@ class Reader:
         # Nothing received is unapplied: the server's position is safe to confirm, so a quiet
         # publication does not make the server keep WAL for us.
         flow = self._flow
-        nothing_pending = self.assembler.idle and flow.buffer.empty and not flow.in_flight
+        nothing_pending = (
+            self.assembler.idle
+            and flow.buffer.empty
+            and not flow.in_flight
+            and not flow.confirms_held
+        )
         confirm = flow.positions.keepalive(keepalive.wal_end, nothing_pending)
         if confirm is not None:
             flow.confirm(confirm)

@@ -16,6 +16,7 @@ from cdc.config import SourceConfig
 from cdc.db import Conn
 from cdc.dsn import dsn_hosts
 from cdc.errors import ConfigError, SourceUnavailable
+from cdc.replication.lsn import Lsn
 
 # Older servers lack what the stream relies on: the option list of CREATE_REPLICATION_SLOT
 # (SNAPSHOT 'export'), logical messages in pgoutput (resync watermarks) and `pg_lsn` casts.
@@ -255,3 +256,40 @@ def check_primary(facts: ServerFacts, source: SourceConfig) -> None:
             else "point source.dsn at the primary"
         )
         raise SourceUnavailable(f"the source server is a standby (in recovery): {hint}")
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyFlush:
+    """How far the standbys a failover slot waits for have flushed WAL."""
+
+    # None when no standby is waited for (synchronized_standby_slots empty or absent).
+    flushed: Lsn | None
+    # The setting names standbys, but none of their slots has flushed anything (missing, or
+    # never connected): nothing may be released.
+    blocked: bool = False
+
+
+_STANDBY_FLUSH_QUERY = "SELECT current_setting('synchronized_standby_slots', true)"
+_PHYSICAL_FLUSH_QUERY = """
+SELECT count(restart_lsn), min(restart_lsn)::text FROM pg_replication_slots
+WHERE slot_type = 'physical' AND slot_name = ANY(%s)
+"""
+
+
+async def standby_flush(conn: Conn) -> StandbyFlush:
+    """The least WAL position the primary's synchronized standby slots have flushed."""
+    row = await (await conn.execute(_STANDBY_FLUSH_QUERY)).fetchone()
+    names = parse_list(row[0] if row else None)
+    if not names:
+        return StandbyFlush(None)
+    row = await (await conn.execute(_PHYSICAL_FLUSH_QUERY, (list(names),))).fetchone()
+    if row is None or int(row[0]) < len(names) or row[1] is None:
+        return StandbyFlush(None, blocked=True)
+    return StandbyFlush(Lsn.parse(row[1]))
+
+
+async def wal_position(conn: Conn) -> Lsn:
+    """The server's WAL insert position: past every commit made before the call."""
+    row = await (await conn.execute("SELECT pg_current_wal_insert_lsn()::text")).fetchone()
+    assert row is not None
+    return Lsn.parse(row[0])
