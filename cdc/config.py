@@ -46,6 +46,9 @@ class SourceConfig(_Strict):
     slot: str = "wal2vec"
     publication: str = "wal2vec"
     plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
+    # Create the slot as a failover slot (PostgreSQL 17+), synchronised to a physical standby
+    # so that it survives the standby's promotion.
+    failover: bool = False
 
     @field_validator("slot")
     @classmethod
