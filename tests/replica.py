@@ -151,9 +151,8 @@ class ReplicaPair:
         with (pgdata / "postgresql.auto.conf").open("a") as conf:
             for name, value in settings.items():
                 conf.write(f"{name} = '{value}'\n")
-        self._pg_ctl(pgdata, ["-w", "-t", str(int(DEADLINE)), "-l", str(pgdata / "log"), "start"])
         self._standby_started = True
-        wait_until(self._streaming, what="the standby streaming from the primary")
+        self.start_standby()
 
     def _own(self, path: Path) -> None:
         """Give `path` to the system user the servers run as (when run as root)."""
@@ -212,6 +211,15 @@ class ReplicaPair:
             )
             return cur.fetchone()
 
+    def copy_past(self, slot: str, lsn: str) -> bool:
+        """Whether the standby's copy of `slot` stands at or past `lsn`."""
+        row = self.standby_slot(slot)
+        if row is None or row["confirmed_flush_lsn"] is None:
+            return False
+        return bool(
+            self.standby.value("SELECT %s::pg_lsn >= %s::pg_lsn", (row["confirmed_flush_lsn"], lsn))
+        )
+
     def slot_synced(self, slot: str) -> bool:
         """Whether the standby holds a synced, persistent copy of `slot`.
 
@@ -228,6 +236,23 @@ class ReplicaPair:
         row = self.standby_slot(slot)
         assert row is not None
         return row
+
+    def walsender_pid(self) -> int:
+        """The primary's walsender streaming WAL to the standby."""
+        pid = self.primary.value(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = %s", (STANDBY_SLOT,)
+        )
+        assert pid is not None, "no walsender for the standby"
+        return int(pid)
+
+    def stop_standby(self) -> None:
+        """A standby outage (maintenance, a crash): the primary's slot for it goes inactive."""
+        self._pg_ctl(self.standby.pgdata, ["-w", "stop", "-m", "fast"])
+
+    def start_standby(self) -> None:
+        log = str(self.standby.pgdata / "log")
+        self._pg_ctl(self.standby.pgdata, ["-w", "-t", str(int(DEADLINE)), "-l", log, "start"])
+        wait_until(self._streaming, what="the standby streaming from the primary again")
 
     def crash_primary(self) -> None:
         """`pg_ctl stop -m immediate`: the primary dies as in a crash, and stays down."""
