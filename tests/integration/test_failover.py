@@ -32,10 +32,12 @@ from tests.harness import (
     Deployment,
     Table,
     assert_in_step,
+    free_port,
+    scrape,
     wait_until,
 )
 from tests.pg import unique_slot
-from tests.replica import STANDBY_SLOT, ReplicaPair, ReplicaPool, replica_pool
+from tests.replica import STANDBY_SLOT, Node, ReplicaPair, ReplicaPool, replica_pool
 
 SNAPSHOT_ROWS = 40
 
@@ -189,18 +191,15 @@ def streaming_and_synced(pair: ReplicaPair, deployment: Deployment) -> CdcProces
     return process
 
 
-def waiting_for_standby(pair: ReplicaPair, deployment: Deployment, node: Any = None) -> bool:
-    """Whether the walsender of the slot waits for a standby to confirm WAL before it sends it
-    (`synchronized_standby_slots`)."""
-    server = node or pair.primary
-    database = psycopg.conninfo.conninfo_to_dict(deployment.dsn)["dbname"]
+def waiting_for_standby(server: Node, deployment: Deployment) -> bool:
+    """Whether the walsender of the slot on `server` waits for a standby to confirm WAL before
+    it sends it on (`synchronized_standby_slots`)."""
     return bool(
         server.value(
             "SELECT count(*) > 0 FROM pg_replication_slots s "
             "JOIN pg_stat_activity a ON a.pid = s.active_pid "
             "WHERE s.slot_name = %s AND a.wait_event = 'WaitForStandbyConfirmation'",
             (deployment.slot,),
-            database=str(database),
         )
     )
 
@@ -219,22 +218,24 @@ def snapshots_taken(deployment: Deployment) -> int:
 # -- the failover -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failed_starts", [0, 4], ids=["prompt-promotion", "slow-promotion"])
+@pytest.mark.parametrize("retries", [0, 4], ids=["prompt-promotion", "slow-promotion"])
 def test_cdc_run_goes_on_from_the_promoted_standby_without_a_new_snapshot(
-    pair: ReplicaPair, deployment: Deployment, failed_starts: int
+    pair: ReplicaPair, deployment: Deployment, retries: int
 ) -> None:
     dep = deployment
+    port = free_port()
+    dep.extra["metrics"] = {"port": port, "poll_interval": 0.2}
     process = streaming_and_synced(pair, dep)
     code, report = status(dep)
     assert code == 0 and report["healthy"], report
     assert report["failover"]["ready"] and report["failover"]["standby_synced"], report
 
     pair.crash_primary()
-    # A slow promotion (a failover manager's timeouts): `cdc run` fails to start again in the
-    # meantime, and its backoff grows.
+    # A slow promotion (a failover manager's timeouts): meanwhile `cdc run` tries to start
+    # again and finds no writable server, each time waiting longer (its backoff).
     wait_until(
-        lambda: process.assert_running() or process.output.count("starting again") >= failed_starts,
-        what=f"{failed_starts} failed starts",
+        lambda: process.assert_running() or process.output.count("starting again") > retries,
+        what=f"{retries} retries after the lost connection",
     )
     promoting = time.monotonic()
     pair.promote()
@@ -245,7 +246,7 @@ def test_cdc_run_goes_on_from_the_promoted_standby_without_a_new_snapshot(
     wait_vector(dep, process, "1000", "after\n\nthe failover")
     arrived = time.monotonic()
     print(
-        f"\nfailover ({failed_starts} failed starts first): promotion took "
+        f"\nfailover ({retries} retries before the promotion): promotion took "
         f"{promoted - promoting:.2f}s; the first new vector came {arrived - promoted:.2f}s "
         f"after it ({arrived - written:.2f}s after its write)"
     )
@@ -256,9 +257,14 @@ def test_cdc_run_goes_on_from_the_promoted_standby_without_a_new_snapshot(
     assert dep.snapshot_done()
     assert snapshots_taken(dep) == 1, process.output
     assert "starting again" in process.output
+    # The slot is the standby's synchronised copy (`synced` stays true once promoted).
     assert slot_row(dep) == {"failover": True, "synced": True, "active": True}
     assert_in_step(dep)
     assert dep.dead_letters() == []
+    # The slot monitor lost the old primary, and found the promoted server too.
+    again = f"polling the state of slot {dep.slot} again"
+    wait_until(lambda: again in process.output, what="the monitor polling again")
+    assert scrape(port, "cdc_slot_failover") == 1.0
     # The promoted server has no standby yet: status says the slot is exposed again.
     code, report = status(dep)
     assert code != 0 and report["failover"]["standby"] is None, report
@@ -282,7 +288,7 @@ def test_a_promoted_standby_still_naming_the_old_primarys_slot_holds_the_stream_
     assert pair.standby.value("SHOW synchronized_standby_slots") == STANDBY_SLOT
     dep.execute("INSERT INTO articles (id, title, body) VALUES (1000, 'held', 'by sb1')")
     wait_until(
-        lambda: process.assert_running() or waiting_for_standby(pair, dep, pair.standby),
+        lambda: process.assert_running() or waiting_for_standby(pair.standby, dep),
         what="the promoted server's walsender waiting for sb1",
     )
     # `cdc run` warned when its session started on the promoted server; status calls it a
@@ -312,7 +318,7 @@ def test_a_standby_down_holds_the_failover_slot_on_the_primary_until_it_is_back(
     try:
         dep.execute("INSERT INTO articles (id, title, body) VALUES (1000, 'held', 'standby down')")
         wait_until(
-            lambda: process.assert_running() or waiting_for_standby(pair, dep),
+            lambda: process.assert_running() or waiting_for_standby(pair.primary, dep),
             what="the walsender waiting for the standby",
         )
         code, report = status(dep)
