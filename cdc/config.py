@@ -342,11 +342,6 @@ def _describe(error: ValidationError, origin: str) -> str:
 def _check_consistency(settings: Settings) -> None:
     check_dsn("source.dsn", settings.source.dsn)
     check_dsn("sink.dsn", settings.sink.dsn)
-    if settings.source.plugin != "pgoutput":
-        raise ConfigError(
-            f"source.plugin: {settings.source.plugin} is not supported by this version; "
-            "use pgoutput (built into PostgreSQL 10+)"
-        )
     limit = HNSW_MAX_DIMENSIONS[settings.sink.vector_type]
     if settings.embedding.dimensions > limit:
         raise ConfigError(

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cdc.config import Settings
-from cdc.replication.changes import Transaction
+from cdc.replication.changes import MARK_PREFIX, Transaction
 from cdc.replication.pgoutput import PgOutputDecoder
 from cdc.replication.transactions import TransactionAssembler
+from cdc.replication.wal2json import Wal2JsonDecoder, wal2json_options
 
 PluginName = Literal["pgoutput", "wal2json"]
 # Decodes one XLogData payload and feeds what it holds to the assembler; returns what the
@@ -70,7 +71,9 @@ class OutputPlugin:
     def start_options(self, server_version: int) -> tuple[str, ...]:
         if self.name == "pgoutput":
             return protocol_options(server_version, self.publication)
-        raise NotImplementedError(self.name)
+        # Only wal2vec's own logical messages (resync watermarks): wal2json sends every
+        # message of the database otherwise.
+        return wal2json_options(self.tables, (MARK_PREFIX,))
 
     def feeder(self, assembler: TransactionAssembler) -> FrameFeeder:
         """The decode-and-assemble step of the reader's hot path, for this plugin."""
@@ -82,4 +85,14 @@ class OutputPlugin:
                 return feed(decode(payload))
 
             return feed_pgoutput
-        raise NotImplementedError(self.name)
+        decode_all = Wal2JsonDecoder().decode
+
+        def feed_wal2json(payload: memoryview) -> Transaction | None:
+            # A payload may hold a synthesized Relation before its change; only the change
+            # (or a Commit) can complete a transaction or a part of one.
+            handed_on = None
+            for message in decode_all(payload):
+                handed_on = feed(message) or handed_on
+            return handed_on
+
+        return feed_wal2json
