@@ -399,7 +399,8 @@ def test_a_sink_write_the_standby_never_got_is_not_lost_in_a_failover(
         wait_until(lambda: process.assert_running() or dep.confirmed_past(change), what="confirm")
         # ...and the standby's copy follows, as far as the standby has WAL.
         wait_until(lambda: pair.copy_past(dep.slot, change), what="the copy past the change")
-        # With the walsender stopped, the postmaster kills it after 5 s instead of a SIGQUIT.
+        # A stopped walsender cannot act on the immediate shutdown's SIGQUIT: the postmaster
+        # SIGKILLs it after 5 s, and the sink's commit is never sent.
         pair.crash_primary()
         crashed = True
     finally:
