@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests import pg15
-from tests.backends import ARTICLES_DDL, PG15_WAL2JSON, PG18, Backend, deployment_on
+from tests.backends import PG15_WAL2JSON, PG18, Backend, deployment_on
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import DIMENSIONS, CdcProcess, Deployment
 from tests.pg import PgServer, start_server
-
-__all__ = ["ARTICLES_DDL"]  # test_failure_modes imports it from here
 
 
 @pytest.fixture(scope="session")
