@@ -162,7 +162,10 @@ async def _setup(settings: Settings, args: argparse.Namespace) -> int:
         tables = await ensure(settings, source, sink)
         for table in tables:
             print(f"ok  {table.name}  key ({', '.join(table.key_names)})")
-        print(f"publication {settings.source.publication} and sink tables are ready")
+        if settings.source.plugin == "pgoutput":
+            print(f"publication {settings.source.publication} and sink tables are ready")
+        else:
+            print(f"sink tables are ready ({settings.source.plugin} needs no publication)")
         return EXIT_OK
     finally:
         await source.close()

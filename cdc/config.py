@@ -46,6 +46,9 @@ class SourceConfig(_Strict):
     slot: str = "wal2vec"
     publication: str = "wal2vec"
     plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
+    # Create the slot as a failover slot (PostgreSQL 17+), synchronised to a physical standby
+    # so that it survives the standby's promotion.
+    failover: bool = False
 
     @field_validator("slot")
     @classmethod
@@ -339,11 +342,6 @@ def _describe(error: ValidationError, origin: str) -> str:
 def _check_consistency(settings: Settings) -> None:
     check_dsn("source.dsn", settings.source.dsn)
     check_dsn("sink.dsn", settings.sink.dsn)
-    if settings.source.plugin != "pgoutput":
-        raise ConfigError(
-            f"source.plugin: {settings.source.plugin} is not supported by this version; "
-            "use pgoutput (built into PostgreSQL 10+)"
-        )
     limit = HNSW_MAX_DIMENSIONS[settings.sink.vector_type]
     if settings.embedding.dimensions > limit:
         raise ConfigError(

@@ -28,6 +28,16 @@ def dsn_password(dsn: str | None) -> str | None:
     return str(password) if password else None
 
 
+def dsn_hosts(dsn: str | None) -> list[str]:
+    """The hosts a DSN names (libpq multi-host: `host=a,b` or `postgresql://a,b/db`); one
+    empty name for a DSN that leaves the host to libpq's default."""
+    try:
+        host = conninfo_to_dict(dsn or "").get("host")
+    except psycopg.ProgrammingError:
+        return [""]
+    return str(host).split(",") if host else [""]
+
+
 def check_dsn(key: str, dsn: str | None) -> None:
     """A DSN libpq cannot parse is a configuration error; its message must not quote the DSN,
     which libpq's does (`missing "=" after "<a piece of the password>"`)."""

@@ -174,6 +174,17 @@ class Metrics:
             "The server's max_slot_wal_keep_size in bytes; -1 when unlimited",
             registry=r,
         )
+        self.slot_failover = Gauge(
+            "cdc_slot_failover",
+            "1 when the slot is a failover slot, synchronised to standbys (PostgreSQL 17+)",
+            registry=r,
+        )
+        self.slot_failover_synced = Gauge(
+            "cdc_slot_failover_synced",
+            "1 when a standby named in source.dsn holds a synchronised, valid copy of the slot "
+            "(checked with source.failover)",
+            registry=r,
+        )
         self.slot_poll_errors = Counter(
             "cdc_slot_poll_errors", "Failed polls of the slot's state on the server", registry=r
         )

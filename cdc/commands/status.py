@@ -10,17 +10,19 @@ from psycopg import sql
 from cdc.config import Settings
 from cdc.db import connect
 from cdc.errors import CdcError
-from cdc.replication.slots import SlotInfo, slot_info
+from cdc.replication.slots import SlotInfo, StandbyCopy, slot_info, standby_copy
 from cdc.sink.reads import vector_counts
 from cdc.sink.schema import STATE_TABLE, SinkNames
 from cdc.sink.state import SinkState, forget_slot, table_exists
 from cdc.sink.store import Sink
+from cdc.source.server import ServerFacts, assess, server_facts
 
 
 async def collect_status(settings: Settings) -> dict[str, Any]:
     source = await connect(settings.source.dsn, "source")
     sink_conn = await connect(settings.sink_dsn, "sink")
     try:
+        facts = await server_facts(source)
         slot = await slot_info(source, settings.source.slot)
         names = SinkNames.of(settings)
         set_up = await table_exists(sink_conn, names.state)
@@ -33,8 +35,12 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     finally:
         await source.close()
         await sink_conn.close()
+    failover = await _failover(settings, slot)
     problems, next_step = _problems(settings, slot, set_up, state)
+    problems += _server_problems(settings, facts) + _failover_problems(settings, failover)
     report: dict[str, Any] = {
+        "server": facts.version_text,
+        "plugin": settings.source.plugin,
         "slot": settings.source.slot,
         "set_up": set_up,
         "slot_exists": slot is not None,
@@ -54,6 +60,8 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "problems": problems,
         "healthy": not problems,
     }
+    if failover is not None:
+        report["failover"] = failover
     if next_step is not None:
         report["next_step"] = next_step
     return report
@@ -83,6 +91,54 @@ def _problems(
         lost = f"slot {name} is invalidated (wal_status lost): run `cdc resync`"
         return [lost], "run `cdc resync`"
     return [], None
+
+
+async def _failover(settings: Settings, slot: SlotInfo | None) -> dict[str, Any] | None:
+    """A failover slot's state on the primary and on the standby `source.dsn` names."""
+    if not settings.source.failover and not (slot is not None and slot.failover):
+        return None
+    copy = await standby_copy(settings.source.dsn, settings.source.slot)
+    return {
+        "marked": bool(slot and slot.failover),
+        "standby": copy.host if copy else None,
+        "standby_synced": copy.synced if copy else None,
+        "standby_confirmed_lsn": _lsn_text(copy),
+        "standby_invalidation": copy.invalidation if copy else None,
+        "standby_temporary": copy.temporary if copy else None,
+        "ready": bool(slot and slot.failover and copy and copy.ready),
+    }
+
+
+def _lsn_text(copy: StandbyCopy | None) -> str | None:
+    return str(copy.confirmed_flush) if copy and copy.confirmed_flush else None
+
+
+def _failover_problems(settings: Settings, failover: dict[str, Any] | None) -> list[str]:
+    if not settings.source.failover or failover is None or failover["ready"]:
+        return []
+    name = settings.source.slot
+    if not failover["marked"]:
+        return [f"slot {name} is not a failover slot yet: `cdc run` marks it when it starts"]
+    if failover["standby"] is None:
+        return [
+            f"slot {name}: no standby answers through source.dsn, so its synchronised copy "
+            "cannot be checked; name the standby there (host=primary,standby "
+            "target_session_attrs=read-write)"
+        ]
+    return [
+        f"slot {name} is not synchronised to the standby {failover['standby']} "
+        f"(synced {failover['standby_synced']}, temporary {failover['standby_temporary']}, "
+        f"invalidated {failover['standby_invalidation'] or 'no'}): a promotion now would lose "
+        "it. A new slot's copy stays temporary until the standby passes its catalog horizon "
+        "(moments, on a busy primary; `SELECT pg_log_standby_snapshot()` there helps). Check "
+        "the standby's sync_replication_slots, hot_standby_feedback, primary_slot_name and "
+        "the dbname in primary_conninfo (`cdc setup --print-sql` lists them)"
+    ]
+
+
+def _server_problems(settings: Settings, facts: ServerFacts) -> list[str]:
+    """What on the server stops the stream (a warning elsewhere, but a problem here)."""
+    return [f.message for f in assess(facts, settings.source) if f.level == "error" or f.stalls]
 
 
 async def _progress(sink: Sink) -> list[dict[str, Any]]:
@@ -119,6 +175,7 @@ def render_status(report: dict[str, Any]) -> str:
         else "(none yet: no vector written)"
     )
     lines = [
+        f"server          PostgreSQL {report['server']}, plugin {report['plugin']}",
         f"slot            {report['slot']} " + _slot_words(report),
         f"server lsn      {_shown(report['server_lsn'])}",
         f"confirmed lsn   {_shown(report['confirmed_lsn'])}",
@@ -128,8 +185,10 @@ def render_status(report: dict[str, Any]) -> str:
         f"snapshot        {'done' if report['snapshot_done'] else 'not done'}",
         f"model           {model}",
         f"dead letters    {report['dead_letters']}",
-        "vectors (rows with vectors, per table):",
     ]
+    if "failover" in report:
+        lines.append(f"failover        {_failover_words(report['failover'])}")
+    lines.append("vectors (rows with vectors, per table):")
     lines += [f"  {table:<30} {count}" for table, count in report["vectors"].items()]
     if report["snapshots"]:
         lines.append("snapshots and resyncs (rows read / estimated):")
@@ -138,6 +197,18 @@ def render_status(report: dict[str, Any]) -> str:
     if report.get("next_step"):
         lines.append(f"NEXT: {report['next_step']}")
     return "\n".join(lines)
+
+
+def _failover_words(failover: dict[str, Any]) -> str:
+    if not failover["marked"]:
+        return "not marked"
+    if failover["standby"] is None:
+        return "marked; no standby reachable through source.dsn"
+    state = "synced" if failover["ready"] else "NOT synced"
+    return (
+        f"marked; {state} on {failover['standby']} "
+        f"(confirmed {_shown(failover['standby_confirmed_lsn'])})"
+    )
 
 
 def _shown(value: object, unit: str = "") -> str:

@@ -19,10 +19,11 @@ from cdc.metrics import Health, Metrics
 from cdc.pipeline.buffer import Batch, ChangeBuffer
 from cdc.pipeline.observer import StreamObserver
 from cdc.replication.lsn import Lsn
-from cdc.replication.positions import Position, PositionRules
+from cdc.replication.positions import Position, PositionRules, StandbyGate
 from cdc.replication.stream import ReplicationStream
 from cdc.source.reads import SourceTable
 from cdc.source.resync import ResyncWorker
+from cdc.source.server import standby_flush, wal_position
 from cdc.source.watermarks import ChunkRead
 
 # Standby status updates at least this often, so the server never times us out.
@@ -66,6 +67,32 @@ class Flow:
         self.space = asyncio.Event()  # the flusher drained the buffer
         self.server_lsn = Lsn(0)  # the furthest WAL end the reader saw
         self._last_status = 0.0
+        # With a failover slot, confirmations wait for the standby (`StandbyGate`).
+        self.gate = StandbyGate() if session.settings.source.failover else None
+
+    @property
+    def confirms_held(self) -> bool:
+        return self.gate is not None and self.gate.pending
+
+    async def confirm_applied(self, lsn: Lsn) -> None:
+        """Confirm `lsn`, which the sink has just committed; with a failover slot, once the
+        standby has that commit."""
+        if self.gate is None:
+            self.confirm(lsn)
+            return
+        self.gate.hold(lsn, await wal_position(self.session.source))
+        await self.release_confirms()
+
+    async def release_confirms(self) -> None:
+        """Confirm what the standby now has of the held positions."""
+        if self.gate is None or not self.gate.pending:
+            return
+        standby = await standby_flush(self.session.source)
+        if standby.blocked:
+            return
+        released = self.gate.release(standby.flushed)
+        if released is not None:
+            self.confirm(released)
 
     def confirm(self, lsn: Lsn) -> None:
         """Confirm `lsn` to the server; this is also a standby status update."""

@@ -23,6 +23,8 @@ from cdc.replication.positions import Position
 from cdc.source.watermarks import ChunkRead
 
 log = logging.getLogger(__name__)
+# Seconds between looks at the standby while confirmations wait for it (failover slots).
+STANDBY_RECHECK = 0.1
 
 
 class Flusher:
@@ -53,13 +55,17 @@ class Flusher:
         """What to flush next; None once stopping with nothing left."""
         flow = self._flow
         while True:
+            await flow.release_confirms()
             if flow.stop.is_set():
                 return None if flow.buffer.empty else FlushDecision(drain_all=True)
             decision = self._flush_decision()
             if decision.drain_all or decision.tables:
                 return decision
             flow.added.clear()
-            await flow.wait_any(flow.added, min(decision.wait, STATUS_INTERVAL))
+            # Held confirmations are looked at again soon: the standby is usually a few
+            # milliseconds behind.
+            wait = min(decision.wait, STANDBY_RECHECK if flow.confirms_held else STATUS_INTERVAL)
+            await flow.wait_any(flow.added, wait)
 
     def _flush_decision(self) -> FlushDecision:
         return self._flow.buffer.flush_decision(
@@ -81,7 +87,7 @@ class Flusher:
         confirm = flow.positions.applied(batch.position)
         flow.session.checkpoint = batch.position
         flow.session.resyncs.landed(reads)
-        flow.confirm(confirm)
+        await flow.confirm_applied(confirm)
         flow.in_flight.pop()
         flow.publish_positions()  # lag falls the moment a batch lands
         if len(batch.rows) >= TRIM_AFTER_ROWS and flow.buffer.empty:

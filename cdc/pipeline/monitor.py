@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from cdc import __version__
@@ -21,13 +22,15 @@ from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.logs import bind_context
 from cdc.metrics import Health, Metrics
-from cdc.replication.slots import SlotSample, poll_slot
+from cdc.replication.slots import SlotSample, poll_slot, standby_copy
 from cdc.sink.reads import dead_letter_counts
 from cdc.source.estimates import live_rows
 
 log = logging.getLogger(__name__)
 # A poll that takes longer than this is abandoned and its connection dropped.
 POLL_TIMEOUT = 10.0
+# Seconds between looks at the standby's copy of a failover slot (a connection each time).
+STANDBY_CHECK_INTERVAL = 15.0
 # How long `cdc run` waits for the first poll before it starts, so the row estimates the
 # snapshot's progress is measured against are in place; a server that is down costs no more.
 FIRST_POLL_WAIT = 3.0
@@ -35,6 +38,7 @@ FIRST_POLL_WAIT = 3.0
 
 def record_sample(metrics: Metrics, sample: SlotSample) -> None:
     """Set the slot gauges from one poll."""
+    metrics.slot_failover.set(1 if sample.failover else 0)
     metrics.positions.from_slot(sample.server_lsn, sample.confirmed_flush)
     retained = 0 if sample.restart_lsn is None else sample.server_lsn - sample.restart_lsn
     metrics.slot_retained_wal_bytes.set(max(0, retained))
@@ -54,6 +58,7 @@ class SlotMonitor:
         self._conn: Conn | None = None
         self._sink_conn: Conn | None = None  # only when the sink is another database
         self._failing = False
+        self._standby_checked: float | None = None
         self.polled = asyncio.Event()  # set once the first poll ended, well or not
 
     async def run(self) -> None:
@@ -94,6 +99,7 @@ class SlotMonitor:
             )
         sample = await poll_slot(self._conn, self._settings.source.slot)
         record_sample(self._metrics, sample)
+        await self._check_standby()
         if not self._health.snapshot_done:
             estimates = await live_rows(self._conn, self._settings.tables)
             # A count that returns after the snapshot ended may include rows written since:
@@ -105,6 +111,19 @@ class SlotMonitor:
         if dead is not None:
             tables = self._settings.tables
             self._metrics.record_dead_letters({t.table: dead.get(t.table, 0) for t in tables})
+
+    async def _check_standby(self) -> None:
+        """With source.failover: does a standby hold a copy a promotion could use?"""
+        now = time.monotonic()
+        if not self._settings.source.failover or (
+            self._standby_checked is not None
+            and now - self._standby_checked < STANDBY_CHECK_INTERVAL
+        ):
+            return
+        self._standby_checked = now
+        source = self._settings.source
+        copy = await standby_copy(source.dsn, source.slot)
+        self._metrics.slot_failover_synced.set(1 if copy is not None and copy.ready else 0)
 
     async def _sink(self, source: Conn) -> Conn:
         if self._settings.sink_dsn == self._settings.source.dsn:

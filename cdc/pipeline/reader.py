@@ -21,7 +21,6 @@ from cdc.replication.frames import (
     xlogdata_wal_end,
 )
 from cdc.replication.lsn import Lsn
-from cdc.replication.pgoutput import PgOutputDecoder
 from cdc.replication.stream import MAX_FRAMES_PER_READ
 from cdc.replication.transactions import TransactionAssembler
 
@@ -32,13 +31,13 @@ class Reader:
     def __init__(self, flow: Flow) -> None:
         self._flow = flow
         tables = flow.session.tables
-        self._decoder = PgOutputDecoder()
         self.assembler = TransactionAssembler(
             {name: table.config for name, table in tables.items()},
             {name: table.key_names for name, table in tables.items()},
             changes_to_skip=flow.positions.changes_to_skip,
         )
         self.assembler.part_limit = flow.buffer.room
+        self._feed_frame = flow.session.stream.plugin.feeder(self.assembler)
         # Frames read but not yet decoded: the buffer filled up while decoding them.
         self._unread: list[memoryview] = []
 
@@ -70,13 +69,13 @@ class Reader:
         """Decode and assemble a batch of frames: the hot path, no await, no task hop.
         Returns the frames left undecoded because the buffer filled up."""
         flow = self._flow
-        decode, feed = self._decoder.decode, self.assembler.feed
+        feed_frame = self._feed_frame
         last_data: memoryview | None = None
         rest: list[memoryview] = []
         for index, data in enumerate(frames):
             if is_xlogdata(data):
                 last_data = data
-                transaction = feed(decode(data[XLOGDATA_HEADER:]))
+                transaction = feed_frame(data[XLOGDATA_HEADER:])
                 if transaction is not None:
                     self._accept(transaction)
                     if flow.buffer.full:
@@ -111,7 +110,12 @@ class Reader:
         # Nothing received is unapplied: the server's position is safe to confirm, so a quiet
         # publication does not make the server keep WAL for us.
         flow = self._flow
-        nothing_pending = self.assembler.idle and flow.buffer.empty and not flow.in_flight
+        nothing_pending = (
+            self.assembler.idle
+            and flow.buffer.empty
+            and not flow.in_flight
+            and not flow.confirms_held
+        )
         confirm = flow.positions.keepalive(keepalive.wal_end, nothing_pending)
         if confirm is not None:
             flow.confirm(confirm)

@@ -28,10 +28,11 @@ from cdc.pipeline.flow import Session
 from cdc.pipeline.heap import release_free_memory
 from cdc.pipeline.monitor import observing
 from cdc.pipeline.streamer import Streamer
+from cdc.replication.plugins import OutputPlugin
 from cdc.replication.positions import Position
 from cdc.replication.reconnect import ReconnectBackoff
 from cdc.replication.slots import SlotInfo, check_slot_usable, slot_info
-from cdc.replication.stream import ReplicationStream
+from cdc.replication.stream import ReplicationStream, SlotSpec
 from cdc.sink.migrations import TypeWatch
 from cdc.sink.provision import check_sink_shape, ensure, ensure_indexes
 from cdc.sink.schema import SinkNames
@@ -155,10 +156,13 @@ async def open_parts(
     # On a thread: a local model takes seconds to load, and /healthz must answer meanwhile.
     provider = await asyncio.to_thread(make_provider, settings, metrics)
     stack.push_async_callback(provider.aclose)
-    stream = ReplicationStream.connect(
-        settings.source.dsn, settings.source.slot, settings.source.publication
-    )
+    stream = open_stream(settings)
     stack.callback(stream.close)
+    slot = await slot_info(source, settings.source.slot)
+    if slot is not None and settings.source.failover and slot.failover is False:
+        log.info("marking slot %s for failover (source.failover)", slot.name)
+        stream.mark_failover()
+        slot = await slot_info(source, settings.source.slot)
     return Parts(
         settings=settings,
         source=source,
@@ -169,8 +173,14 @@ async def open_parts(
         provider=provider,
         applier=Applier(settings, sink, provider, metrics),
         stream=stream,
-        slot=await slot_info(source, settings.source.slot),
+        slot=slot,
     )
+
+
+def open_stream(settings: Settings) -> ReplicationStream:
+    source = settings.source
+    spec = SlotSpec(source.slot, OutputPlugin.of(settings), failover=source.failover)
+    return ReplicationStream.connect(source.dsn, spec)
 
 
 async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event) -> Position:

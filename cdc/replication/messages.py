@@ -1,7 +1,7 @@
 """The logical replication messages: what a decoder hands the transaction assembler.
 
 Frozen dataclasses, one per message of the pgoutput protocol (versions 1 to 4); the wal2json
-decoder, if added, produces the same types. LSNs and timestamps stay the integers found on the
+decoder produces the same types. LSNs and timestamps stay the integers found on the
 wire (timestamps are microseconds since 2000-01-01 UTC).
 """
 

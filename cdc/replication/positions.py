@@ -19,7 +19,7 @@ the checkpoint moves on inside the large one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cdc.replication.lsn import Lsn
 
@@ -88,3 +88,35 @@ class PositionRules:
             return None
         self.confirmable = Lsn(max(self.confirmable, wal_end))
         return self.confirmable
+
+
+@dataclass(slots=True)
+class StandbyGate:
+    """With a failover slot: a position is confirmed only once the standby has the sink
+    commit that applied it.
+
+    The standby's copy of the slot follows the primary's confirmed position as far as the
+    standby has WAL. When the sink lives on the source server, its commit for a change is
+    WAL written after the change: confirming the change before the standby has that commit
+    would let a promotion find a slot past a change whose vector was lost with the old
+    primary, never to be sent again. So each confirmable position waits here with the
+    source's WAL position after its sink commit, until the standby has flushed that far.
+    """
+
+    # (position to confirm, source WAL position the standby must have first), in order.
+    held: list[tuple[Lsn, Lsn]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.held)
+
+    def hold(self, confirm: Lsn, needs: Lsn) -> None:
+        self.held.append((confirm, needs))
+
+    def release(self, standby_flush: Lsn | None) -> Lsn | None:
+        """The furthest held position the standby now covers (`standby_flush` None: no
+        standby to wait for, all of them); None when none is."""
+        released = None
+        while self.held and (standby_flush is None or self.held[0][1] <= standby_flush):
+            released = self.held.pop(0)[0]
+        return released

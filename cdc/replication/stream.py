@@ -16,6 +16,7 @@ from psycopg import sql
 from cdc.errors import ConfigError, SourceUnavailable
 from cdc.replication.frames import encode_standby_status, pg_epoch_us
 from cdc.replication.lsn import Lsn
+from cdc.replication.plugins import OutputPlugin
 
 # CopyData frames taken from libpq's buffer per wake-up before yielding to the event loop.
 MAX_FRAMES_PER_READ = 4096
@@ -27,46 +28,50 @@ class CreatedSlot:
     snapshot_name: str
 
 
-def protocol_options(server_version: int, publication: str) -> tuple[str, ...]:
-    """pgoutput options for this server.
-
-    Transactions in progress are not streamed (`streaming` stays off): wal2vec could apply
-    none of such a transaction before its commit, so it would have to hold all of it. Left to
-    the server, a large transaction spills to disk under `logical_decoding_work_mem` and is
-    sent once committed, when it can be applied in parts as it arrives
-    (`cdc.replication.transactions`).
-    """
-    version = "4" if server_version >= 160000 else "3" if server_version >= 150000 else "2"
-    if server_version < 140000:
-        version = "1"
-    options = [f"proto_version '{version}'", f"publication_names '{_quote(publication)}'"]
-    if server_version >= 140000:
-        # Logical messages carry the watermarks of per-table resyncs (PostgreSQL 14+).
-        options.append("messages 'true'")
-    return tuple(options)
+def plugin_refused(plugin: str, error: psycopg.Error) -> str:
+    """What to do when the server will not load the slot's output plugin."""
+    if isinstance(error, psycopg.errors.UndefinedFile):
+        return (
+            f"the source server has no {plugin} output plugin ({error}): install it there "
+            f"(Debian/Ubuntu: the postgresql-NN-{plugin} package), or set source.plugin: pgoutput"
+        )
+    return (
+        f"the source server refused the output plugin {plugin} ({error}): a superuser must add "
+        "it to output_plugin_libraries (`cdc setup` prints the statement)"
+    )
 
 
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
+@dataclass(frozen=True, slots=True)
+class SlotSpec:
+    """The slot a stream reads: its name, its output plugin, and how it is created."""
+
+    name: str
+    plugin: OutputPlugin
+    # Created (or marked) as a failover slot, synchronised to standbys (PostgreSQL 17+).
+    failover: bool = False
 
 
 class ReplicationStream:
     """A replication connection for one slot; synchronous commands, non-blocking reads."""
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], slot: str, publication: str):
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], spec: SlotSpec):
         self._conn = conn
-        self._slot = slot
-        self._publication = publication
+        self._spec = spec
+        self._slot = spec.name
         self._streaming = False
         self.confirmed = Lsn(0)
 
     @classmethod
-    def connect(cls, dsn: str, slot: str, publication: str) -> ReplicationStream:
+    def connect(cls, dsn: str, spec: SlotSpec) -> ReplicationStream:
         try:
             conn = psycopg.connect(dsn, replication="database", autocommit=True)
         except psycopg.OperationalError as error:
             raise SourceUnavailable(f"cannot open a replication connection: {error}") from None
-        return cls(conn, slot, publication)
+        return cls(conn, spec)
+
+    @property
+    def plugin(self) -> OutputPlugin:
+        return self._spec.plugin
 
     @property
     def server_version(self) -> int:
@@ -77,12 +82,24 @@ class ReplicationStream:
 
         The snapshot stays importable until the next command on this connection.
         """
-        query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
-            sql.Identifier(self._slot)
+        options = "SNAPSHOT 'export'" + (", FAILOVER true" if self._spec.failover else "")
+        query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} ({})").format(
+            sql.Identifier(self._slot),
+            sql.Identifier(self._spec.plugin.name),
+            sql.SQL(options),
         )
-        row = self._run(query).fetchone()
+        try:
+            row = self._run(query).fetchone()
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile) as error:
+            raise ConfigError(plugin_refused(self._spec.plugin.name, error)) from None
         assert row is not None
         return CreatedSlot(Lsn.parse(str(row[1])), str(row[2]))
+
+    def mark_failover(self) -> None:
+        """Make an existing slot a failover slot (it must not be in use)."""
+        self._run(
+            sql.SQL("ALTER_REPLICATION_SLOT {} (FAILOVER true)").format(sql.Identifier(self._slot))
+        )
 
     def drop_slot(self) -> None:
         self._run(sql.SQL("DROP_REPLICATION_SLOT {} WAIT").format(sql.Identifier(self._slot)))
@@ -96,7 +113,7 @@ class ReplicationStream:
             raise SourceUnavailable(f"replication command failed: {error}") from None
 
     def start(self, start_lsn: Lsn) -> None:
-        options = ", ".join(protocol_options(self.server_version, self._publication))
+        options = ", ".join(self._spec.plugin.start_options(self.server_version))
         query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
             sql.Identifier(self._slot), sql.SQL(str(start_lsn)), sql.SQL(options)
         )

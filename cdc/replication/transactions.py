@@ -1,4 +1,4 @@
-"""Transaction assembly: decoded pgoutput messages in, committed transactions out.
+"""Transaction assembly: decoded messages in, committed transactions out.
 
 A pure state machine. Plain transactions run Begin..Commit; streamed ones (large transactions
 the server sends before they commit) arrive in Stream Start..Stream Stop blocks, possibly
@@ -91,6 +91,9 @@ class TransactionAssembler:
         # sets it to the room left in its buffer.
         self.part_limit = 1 << 62
         self._shapes: dict[int, TableShape | None] = {}
+        # Configured tables whose Relation named no columns (wal2json truncating a table
+        # before any row of it was seen): their names, which is enough to truncate them.
+        self._names: dict[int, str] = {}
         self._plain: _OpenPlain | None = None
         self._streamed: dict[int, _Open] = {}
         self._current_stream: _Open | None = None
@@ -126,7 +129,7 @@ class TransactionAssembler:
         elif isinstance(message, Commit):
             return self._commit_plain(message)
         elif isinstance(message, Relation):
-            self._shapes[message.relation_id] = self._shape(message)
+            self._relation(message)
         elif isinstance(message, StreamStart):
             self._current_stream = self._streamed.setdefault(message.xid, _Open(message.xid))
         elif isinstance(message, StreamStop):
@@ -151,6 +154,21 @@ class TransactionAssembler:
         return Transaction(
             plain.xid, plain.commit_lsn, ZERO, plain.commit_time, changes, marks, plain.received
         )
+
+    def _relation(self, relation: Relation) -> None:
+        relation_id = relation.relation_id
+        if relation.columns:
+            self._shapes[relation_id] = self._shape(relation)
+            self._names.pop(relation_id, None)
+            return
+        # No columns, so no key and no content: only the table's name is known.
+        table = self._tables.get(f"{relation.namespace}.{relation.name}")
+        if table is None:
+            self._shapes[relation_id] = None  # not configured: its changes are dropped
+            self._names.pop(relation_id, None)
+            return
+        self._names[relation_id] = table.table
+        self._shapes.pop(relation_id, None)
 
     def _shape(self, relation: Relation) -> TableShape | None:
         name = f"{relation.namespace}.{relation.name}"
@@ -183,15 +201,28 @@ class TransactionAssembler:
 
     def _truncates(self, message: Truncate) -> list[Change]:
         return [
-            TableTruncate(shape.table, ZERO, 0)
+            TableTruncate(table, ZERO, 0)
             for relation_id in message.relation_ids
-            if (shape := self._known_shape(relation_id)) is not None
+            if (table := self._truncated_table(relation_id)) is not None
         ]
+
+    def _truncated_table(self, relation_id: int) -> str | None:
+        """The configured table a Truncate names (None: not configured)."""
+        name = self._names.get(relation_id)
+        if name is not None:
+            return name
+        shape = self._known_shape(relation_id)
+        return None if shape is None else shape.table
 
     def _known_shape(self, relation_id: int) -> TableShape | None:
         try:
             return self._shapes[relation_id]
         except KeyError:
+            if relation_id in self._names:
+                raise ProtocolError(
+                    f"a row change for relation {relation_id} ({self._names[relation_id]})"
+                    " arrived, but its Relation message named no columns"
+                ) from None
             raise ProtocolError(
                 f"a change for relation {relation_id} arrived before its Relation message"
             ) from None

@@ -27,14 +27,28 @@ from cdc.sink.schema import (
     state_upgrades as schema_upgrades,
 )
 from cdc.sink.state import table_exists
-from cdc.source.reads import SourceTable, check_wal_level, describe_tables
+from cdc.source.reads import SourceTable, describe_tables
+from cdc.source.server import (
+    Finding,
+    assess,
+    check_primary,
+    failover_requirements,
+    raise_for,
+    server_facts,
+)
 
 log = logging.getLogger(__name__)
 
 
 async def inspect_source(settings: Settings, source: Conn) -> list[SourceTable]:
-    """Everything `run` needs from the source to be true, checked up front."""
-    await check_wal_level(source)
+    """Everything `run` needs from the source to be true, checked up front: the server (its
+    version, settings and plugins), then every configured table, column and key."""
+    facts = await server_facts(source)
+    findings = assess(facts, settings.source)
+    raise_for(findings)
+    check_primary(facts, settings.source)
+    for finding in findings:
+        log.warning("%s", finding.describe())
     return await describe_tables(source, settings.tables)
 
 
@@ -47,6 +61,8 @@ async def publication_sql(
     version made with column lists, or one missing a table added to the configuration, is
     brought to that form with `ALTER PUBLICATION ... SET TABLE`.
     """
+    if settings.source.plugin != "pgoutput":
+        return []  # wal2json is told the tables when streaming starts
     name = settings.source.publication
     wanted = {(t.config.schema_name, t.config.table_name): None for t in tables}
     current = await _published_now(source, name)
@@ -185,16 +201,28 @@ async def _execute(conn: Conn, statement: sql.Composed, where: str) -> None:
 
 
 async def setup_script(settings: Settings, source: Conn, sink: Conn) -> str:
-    """All the DDL `ensure` would run, as a script for review."""
-    tables = await inspect_source(settings, source)
+    """All the DDL `ensure` would run, as a script for review, with what the source server
+    itself needs first (settings only a superuser may change) and, for `source.failover`,
+    what the primary and its standby need."""
+    findings = assess(await server_facts(source), settings.source)
+    tables = await describe_tables(source, settings.tables)
     statements = [
         *sink_ddl(settings),
         *await state_upgrades(settings, sink),
         *await publication_sql(settings, source, tables),
     ]
     lines = ["-- wal2vec setup: review, then run (sink statements first, then the source's)."]
+    lines += [_server_fix(f) for f in findings if f.fix and (f.level == "error" or f.stalls)]
+    if settings.source.failover:
+        lines.append("\n".join(failover_requirements()))
     lines += [f"{statement.as_string(sink)};" for statement in statements]
     return "\n\n".join(lines) + "\n"
+
+
+def _server_fix(finding: Finding) -> str:
+    """A finding as script lines: the why as a comment, then the statements."""
+    why = [f"-- {line}" for line in finding.message.splitlines()]
+    return "\n".join([*why, *finding.fix])
 
 
 async def check_sink_exists(settings: Settings, sink: Conn) -> None:

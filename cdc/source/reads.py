@@ -47,16 +47,6 @@ class SourceTable:
         return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns)
 
 
-async def check_wal_level(conn: Conn) -> None:
-    row = await (await conn.execute("SHOW wal_level")).fetchone()
-    level = row[0] if row else "unknown"
-    if level != "logical":
-        raise ConfigError(
-            f"the source server has wal_level = {level}; logical replication needs "
-            "wal_level = logical. Run `ALTER SYSTEM SET wal_level = logical` and restart PostgreSQL"
-        )
-
-
 async def describe_tables(conn: Conn, tables: Sequence[TableConfig]) -> list[SourceTable]:
     """Check every configured table, column and key against the catalog."""
     return [await _describe(conn, table) for table in tables]

@@ -77,9 +77,12 @@ def test_redact_dsn_hides_passwords() -> None:
     assert redact_dsn("postgresql://cdc@db/app") == "postgresql://cdc@db/app"
 
 
-def test_wal2json_is_refused_until_supported(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"source\.plugin: wal2json"):
-        load_config(write(tmp_path, BASE), {"CDC_SOURCE__PLUGIN": "wal2json"})
+def test_the_plugin_and_failover_are_source_settings(tmp_path: Path) -> None:
+    environ = {"CDC_SOURCE__PLUGIN": "wal2json", "CDC_SOURCE__FAILOVER": "true"}
+    settings = load_config(write(tmp_path, BASE), environ)
+    assert (settings.source.plugin, settings.source.failover) == ("wal2json", True)
+    with pytest.raises(ConfigError, match=r"source\.plugin"):
+        load_config(write(tmp_path, BASE), {"CDC_SOURCE__PLUGIN": "decoderbufs"})
 
 
 def test_a_table_takes_a_template_instead_of_columns(tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ EXPECTED = [
     ("cdc_slot_active", "gauge", set()),
     ("cdc_slot_wal_status", "gauge", {"status"}),
     ("cdc_slot_max_wal_keep_bytes", "gauge", set()),
+    ("cdc_slot_failover", "gauge", set()),
+    ("cdc_slot_failover_synced", "gauge", set()),
     ("cdc_slot_poll_errors", "counter", set()),
     ("cdc_embedding_retries", "counter", set()),
     ("cdc_embedding_batch_size", "histogram", set()),

@@ -4,7 +4,7 @@ transaction (invariants 1, 2 and 6 of design.md)."""
 from __future__ import annotations
 
 from cdc.replication.lsn import Lsn
-from cdc.replication.positions import Position, PositionRules
+from cdc.replication.positions import Position, PositionRules, StandbyGate
 
 
 def test_confirmation_follows_only_what_the_sink_committed() -> None:
@@ -65,3 +65,16 @@ def test_a_quiet_publication_confirms_keepalives_only_when_nothing_is_pending() 
 def test_positions_read_as_operators_expect() -> None:
     assert str(Position(Lsn(0x1000))) == "0/1000"
     assert str(Position(Lsn(0x1000)).within(0x2000, 7)) == "0/1000 + 7 changes of 0/2000"
+
+
+def test_the_standby_gate_confirms_only_what_the_standby_has_the_sink_commit_of() -> None:
+    gate = StandbyGate()
+    assert not gate.pending and gate.release(Lsn(10**9)) is None
+    gate.hold(Lsn(100), needs=Lsn(150))
+    gate.hold(Lsn(200), needs=Lsn(260))
+    gate.hold(Lsn(300), needs=Lsn(390))
+    assert gate.release(Lsn(149)) is None  # the first commit is not on the standby yet
+    assert gate.release(Lsn(300)) == Lsn(200)  # the furthest one it covers, in order
+    assert gate.pending
+    assert gate.release(None) == Lsn(300)  # no standby to wait for: all of them
+    assert not gate.pending

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc.replication.stream import protocol_options
+from cdc.replication.plugins import protocol_options
 
 
 def test_protocol_4_on_postgresql_16_and_later_without_streaming_in_progress() -> None:

@@ -350,3 +350,56 @@ def test_parts_after_a_restart_count_from_the_start_of_the_transaction() -> None
     handed = [p for p in parts if p is not None]
     assert [ids(p) for p in handed] == [["3", "4"], ["5", "6"]]
     assert [p.through for p in handed] == [4, 6]
+
+
+# ---- Relations without columns (wal2json truncating a table before any row of it) -----------
+
+
+BARE = Relation(None, 16384, "public", "articles", "d", ())
+
+
+def test_a_relation_without_columns_records_the_name_and_truncates_by_it() -> None:
+    a = TransactionAssembler({"public.articles": ARTICLES})
+    a.feed(BARE)  # no key, no content: must not raise
+    a.feed(Relation(None, 99, "public", "unrelated", "d", ()))
+    a.feed(Begin(1, 1, 1))
+    a.feed(Truncate(None, (16384,), cascade=False, restart_identity=False))
+    a.feed(Truncate(None, (99,), cascade=False, restart_identity=False))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None
+    assert txn.changes == [TableTruncate("public.articles", 1, 1)]
+
+
+def test_a_relation_with_columns_after_one_without_gives_the_table_its_shape() -> None:
+    a = TransactionAssembler({"public.articles": ARTICLES})
+    a.feed(BARE)
+    a.feed(RELATION)
+    assert _insert_one(a, row("1")).content == ("t", "b")
+    a.feed(Begin(2, 2, 2))
+    a.feed(Truncate(None, (16384,), cascade=False, restart_identity=False))
+    txn = a.feed(Commit(0, 2, 3, 2))
+    assert txn is not None and txn.changes == [TableTruncate("public.articles", 2, 2)]
+
+
+def test_a_row_change_of_a_table_known_by_name_only_is_a_protocol_error() -> None:
+    a = TransactionAssembler({"public.articles": ARTICLES})
+    a.feed(BARE)
+    a.feed(Begin(1, 1, 1))
+    with pytest.raises(ProtocolError, match=r"relation 16384 \(public.articles\).*no columns"):
+        a.feed(Insert(None, 16384, ()))
+
+
+def test_row_changes_of_an_unconfigured_table_known_by_name_only_are_dropped() -> None:
+    a = TransactionAssembler({"public.articles": ARTICLES})
+    a.feed(Relation(None, 99, "public", "unrelated", "d", ()))
+    a.feed(Begin(1, 1, 1))
+    a.feed(Insert(None, 99, ()))
+    txn = a.feed(Commit(0, 1, 2, 1))
+    assert txn is not None and txn.changes == []
+
+
+def test_a_truncate_of_an_unknown_relation_is_still_a_protocol_error() -> None:
+    a = TransactionAssembler({"public.articles": ARTICLES})
+    a.feed(Begin(1, 1, 1))
+    with pytest.raises(ProtocolError, match="before its Relation"):
+        a.feed(Truncate(None, (16384,), cascade=False, restart_identity=False))
