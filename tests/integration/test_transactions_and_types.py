@@ -14,9 +14,9 @@ pytestmark = every_backend
 def test_large_streamed_transaction_that_commits_lands_whole(
     deployment: Deployment, running: CdcProcess
 ) -> None:
-    # logical_decoding_work_mem is 64kB on the test servers: with pgoutput this transaction
-    # is streamed to wal2vec in progress (Stream Start/Stop) and committed with Stream Commit;
-    # wal2json streams nothing in progress, so the server spills it and sends it at commit.
+    # logical_decoding_work_mem is 64kB on the test servers: the server spills this
+    # transaction to disk and sends it once committed (neither plugin is asked to stream
+    # transactions in progress), where wal2vec may apply it in parts.
     with deployment.connect() as conn, conn.transaction():
         conn.execute(
             "INSERT INTO articles (id, title, body) "
