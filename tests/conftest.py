@@ -1,5 +1,6 @@
-"""Shared fixtures: one embedded PostgreSQL per test session; per test, a database of its own,
-a fake OpenAI endpoint of its own, and the `cdc` processes it started, all stopped at teardown."""
+"""Shared fixtures: one embedded PostgreSQL per test session (and, when a test needs it, one
+PostgreSQL 15 as a source); per test, a database of its own, a fake OpenAI endpoint of its own,
+and the `cdc` processes it started, all stopped at teardown."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import pg15
+from tests.backends import PG15_WAL2JSON, PG18, Backend, deployment_on
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import DIMENSIONS, CdcProcess, Deployment, Table
-from tests.pg import PgServer, start_server, unique_slot
+from tests.harness import DIMENSIONS, CdcProcess, Deployment
+from tests.pg import PgServer, start_server
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +21,35 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     server = start_server(tmp_path_factory.mktemp("pg") / "data")
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def pg15_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg15.Pg15Server]:
+    """PostgreSQL 15, started the first time a test asks for it (skipped when it is not
+    installed, unless WAL2VEC_REQUIRE_PG15=1)."""
+    reason = pg15.missing()
+    if reason is not None:
+        pg15.unavailable(reason)
+    server = pg15.start_server(tmp_path_factory.mktemp("pg15"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Where the deployment runs: `pg18` unless the test is parametrized with
+    `tests.backends.every_backend`."""
+    name = getattr(request, "param", PG18)
+    sink: PgServer = request.getfixturevalue("pg_server")
+    if name == PG18:
+        return Backend(name, source=sink, sink=sink, plugin="pgoutput")
+    plugin = "pgoutput"
+    if name == PG15_WAL2JSON:
+        plugin = "wal2json"
+        reason = pg15.wal2json_missing()
+        if reason is not None:
+            pg15.unavailable(reason)
+    return Backend(name, source=request.getfixturevalue("pg15_server"), sink=sink, plugin=plugin)
 
 
 @pytest.fixture
@@ -39,17 +71,6 @@ def database(pg_server: PgServer) -> Iterator[str]:
     pg_server.drop_database(name)
 
 
-ARTICLES_DDL = """
-CREATE TABLE articles (
-    id bigint PRIMARY KEY,
-    title text,
-    body text,
-    author_id int,
-    views int NOT NULL DEFAULT 0
-)
-"""
-
-
 @pytest.fixture
 def running(deployment: Deployment) -> Iterator[CdcProcess]:
     """`cdc run` on the deployment, past its snapshot; it must exit 0 on SIGTERM at the end."""
@@ -60,21 +81,10 @@ def running(deployment: Deployment) -> Iterator[CdcProcess]:
 
 
 @pytest.fixture
-def deployment(database: str, endpoint: FakeOpenAIServer, tmp_path: Path) -> Iterator[Deployment]:
-    """A database with an `articles` table and a wal2vec config streaming it.
-
-    At teardown every `cdc run` it started is stopped (SIGTERM, then SIGKILL after a grace
-    period), whatever the test asserted, so none outlives its test.
-    """
-    dep = Deployment(
-        dsn=database,
-        slot=unique_slot(),
-        base_url=endpoint.url,
-        workdir=tmp_path,
-        tables=[Table("public.articles", ["title", "body"], ["author_id"])],
-    )
-    try:
-        dep.execute(ARTICLES_DDL)
+def deployment(
+    backend: Backend, endpoint: FakeOpenAIServer, tmp_path: Path
+) -> Iterator[Deployment]:
+    """A database with an `articles` table and a wal2vec config streaming it, on `backend`
+    (see `tests.backends.deployment_on`)."""
+    with deployment_on(backend, endpoint.url, tmp_path) as dep:
         yield dep
-    finally:
-        dep.stop_all()

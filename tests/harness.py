@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import yaml
+from psycopg import sql
 
 from cdc.config import load_config
 from cdc.content import ContentRule, content_hash, make_chunks
@@ -108,13 +109,20 @@ class Table:
 
 @dataclass
 class Deployment:
-    """One wal2vec deployment under test: its database, slot, config file and endpoint."""
+    """One wal2vec deployment under test: its database, slot, config file and endpoint.
+
+    `dsn` is the source (the content tables, the slot, the WAL); `sink_dsn` the database that
+    holds the vectors and wal2vec's state tables, None when it is the source's (`sink.dsn`
+    unset). Read each side through its own connection: `connect()` and `connect_sink()`.
+    """
 
     dsn: str
     slot: str
     base_url: str
     workdir: Path
     tables: list[Table]
+    sink_dsn: str | None = None
+    plugin: str = "pgoutput"  # source.plugin
     extra: dict[str, Any] = field(default_factory=dict)
     processes: list[CdcProcess] = field(default_factory=list)
 
@@ -136,6 +144,10 @@ class Deployment:
             "metrics": {"host": "127.0.0.1", "port": 0},
             "buffer": {"max_age": 0.05},
         }
+        if self.plugin != "pgoutput":
+            config["source"]["plugin"] = self.plugin
+        if self.sink_dsn is not None and self.sink_dsn != self.dsn:
+            config["sink"] = {"dsn": self.sink_dsn}
         for section, values in self.extra.items():
             if isinstance(values, dict):
                 config.setdefault(section, {}).update(values)
@@ -181,10 +193,25 @@ class Deployment:
             process.terminate(grace)
 
     def connect(self) -> psycopg.Connection[Any]:
+        """The source: content tables, the slot, the server's WAL position."""
         return psycopg.connect(self.dsn, autocommit=True)
 
     def execute(self, query: str, params: Any = None) -> None:
+        """On the source."""
         with self.connect() as conn:
+            conn.execute(query, params)
+
+    @property
+    def sink_conninfo(self) -> str:
+        """The sink's DSN: `sink_dsn`, or the source's."""
+        return self.sink_dsn or self.dsn
+
+    def connect_sink(self) -> psycopg.Connection[Any]:
+        """The sink: the vectors and cdc_state, cdc_dead_letters, cdc_snapshots."""
+        return psycopg.connect(self.sink_conninfo, autocommit=True)
+
+    def execute_sink(self, query: str, params: Any = None) -> None:
+        with self.connect_sink() as conn:
             conn.execute(query, params)
 
     def current_lsn(self) -> str:
@@ -229,7 +256,7 @@ class Deployment:
         return row is not None and row[0] == "lost"
 
     def snapshot_done(self) -> bool:
-        with self.connect() as conn:
+        with self.connect_sink() as conn:
             try:
                 row = conn.execute(
                     "SELECT snapshot_done FROM cdc_state WHERE slot = %s", (self.slot,)
@@ -264,7 +291,7 @@ class Deployment:
 
     def sink_rows(self, sink_table: str = "cdc_embeddings") -> list[dict[str, Any]]:
         """The sink's rows in key order; none while `cdc run` has not created the table."""
-        with self.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        with self.connect_sink() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
             if conn.execute("SELECT to_regclass(%s)", (sink_table,)).fetchone() == (None,):
                 return []
             cur.execute(
@@ -275,7 +302,7 @@ class Deployment:
             return list(cur.fetchall())
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        with self.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        with self.connect_sink() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
             cur.execute("SELECT * FROM cdc_dead_letters ORDER BY source_table, source_id")
             return list(cur.fetchall())
 
@@ -455,23 +482,40 @@ def assert_in_step(deployment: Deployment, sink_table: str = "cdc_embeddings") -
     return len(expected)
 
 
+_SEED_COLUMNS = "source_table, source_id, chunk, content, content_hash, model, embedding"
+_SEED_ROWS = (
+    "SELECT 'public.articles', id::text, 0, c, encode(sha256(convert_to(c, 'UTF8')), 'hex'), "
+    "{model}, {vector} FROM (SELECT id, title || E'\\n\\n' || body AS c FROM articles) a"
+)
+
+
 def seed_vectors(deployment: Deployment, *, placeholder_index: bool = False) -> None:
     """The vector of every `articles` row (content `title`, blank line, `body`; one chunk),
     written with SQL as `cdc run` would have: a snapshot then only compares hashes. No HNSW
     index, as after a bulk load; with `placeholder_index`, a btree under its name keeps
-    `cdc run` from building one (over millions of rows that would take longer than a bench)."""
+    `cdc run` from building one (over millions of rows that would take longer than a bench).
+
+    One INSERT ... SELECT when the sink is the source's database; else the rows are computed
+    on the source and copied over (COPY out, COPY in, streamed)."""
     result = deployment.cli("setup")
     assert result.returncode == 0, result.stderr
-    vector = "[" + ",".join(["0.1"] * DIMENSIONS) + "]"
-    with deployment.connect() as conn:
+    vector = sql.Literal("[" + ",".join(["0.1"] * DIMENSIONS) + "]")
+    with deployment.connect_sink() as conn:
         conn.execute("DROP INDEX IF EXISTS cdc_embeddings_embedding_idx")
-        conn.execute(
-            "INSERT INTO cdc_embeddings (source_table, source_id, chunk, content, content_hash, "
-            "model, embedding) SELECT 'public.articles', id::text, 0, c, "
-            "encode(sha256(convert_to(c, 'UTF8')), 'hex'), %s, %s::vector "
-            "FROM (SELECT id, title || E'\\n\\n' || body AS c FROM articles) a",
-            (MODEL, vector),
-        )
+        if deployment.sink_conninfo == deployment.dsn:
+            rows = sql.SQL(_SEED_ROWS).format(
+                model=sql.Literal(MODEL), vector=sql.SQL("{}::vector").format(vector)
+            )
+            conn.execute(sql.SQL(f"INSERT INTO cdc_embeddings ({_SEED_COLUMNS}) ") + rows)
+        else:  # the vector as text: the source may have no pgvector
+            rows = sql.SQL(_SEED_ROWS).format(model=sql.Literal(MODEL), vector=vector)
+            with (
+                deployment.connect() as source,
+                source.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(rows)) as out,
+                conn.cursor().copy(f"COPY cdc_embeddings ({_SEED_COLUMNS}) FROM STDIN") as into,
+            ):
+                for data in out:
+                    into.write(data)
         if placeholder_index:
             conn.execute("CREATE INDEX cdc_embeddings_embedding_idx ON cdc_embeddings (chunk)")
         conn.execute("VACUUM ANALYZE cdc_embeddings")

@@ -30,8 +30,17 @@ SERVER_SETTINGS = {
 }
 
 
-class PgServer(EmbeddedServer):
-    """The embedded server, with what tests do on it: databases of their own."""
+class Server:
+    """What tests do on a PostgreSQL server, whichever it is: databases of their own, dropped
+    with their slots. A subclass gives `dsn(database)` and `restart_with(mode)`."""
+
+    def dsn(self, database: str = "postgres") -> str:
+        raise NotImplementedError
+
+    def restart_with(self, mode: str) -> None:
+        """`pg_ctl restart -m mode`: `fast` disconnects every client and shuts down cleanly;
+        `immediate` kills the server like a crash, and it recovers from WAL on the way up."""
+        raise NotImplementedError
 
     def execute(self, query: str, database: str = "postgres") -> None:
         with psycopg.connect(self.dsn(database), autocommit=True) as conn:
@@ -54,6 +63,10 @@ class PgServer(EmbeddedServer):
                 )
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class PgServer(EmbeddedServer, Server):
+    """The embedded server, with what tests do on it: databases of their own."""
 
     def close(self) -> None:
         self.stop()

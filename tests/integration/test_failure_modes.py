@@ -1,7 +1,8 @@
 """What production does to a streamer, each ending with the sink in step (`assert_in_step`).
 
 - kill -9 at random points of a mixed workload, restarted each time;
-- PostgreSQL restarted (`pg_ctl restart -m fast` and `-m immediate`) under `cdc run`;
+- PostgreSQL (the source's server) restarted (`pg_ctl restart -m fast` and `-m immediate`)
+  under `cdc run`;
 - the embedding endpoint gone (connections refused, then 503) while writes go on;
 - the slot lost (dropped by someone, or invalidated past `max_slot_wal_keep_size`) under
   `cdc run`: it exits 3 naming `cdc resync`, which then recovers.
@@ -14,6 +15,7 @@ a seed printed with the test's output; WAL2VEC_SEED=N replays one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import socket
@@ -25,17 +27,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import ARTICLES_DDL
+from tests import pg15
+from tests.backends import PG18, Backend, deployment_on, every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import (
-    CdcProcess,
-    Deployment,
-    Table,
-    Workload,
-    assert_in_step,
-    wait_until,
-)
-from tests.pg import PgServer, start_server, unique_slot
+from tests.harness import CdcProcess, Deployment, Workload, assert_in_step, wait_until
+from tests.pg import PgServer, start_server
+
+pytestmark = every_backend
 
 SOAK = os.environ.get("WAL2VEC_SOAK") == "1"
 KILLS = 20 if SOAK else 3
@@ -60,26 +58,34 @@ def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def own_pg15_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg15.Pg15Server]:
+    """The same for the PostgreSQL 15 backends' source."""
+    reason = pg15.missing()
+    if reason is not None:
+        pg15.unavailable(reason)
+    server = pg15.start_server(tmp_path_factory.mktemp("failure-modes-pg15"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def own_backend(backend: Backend, request: pytest.FixtureRequest) -> Backend:
+    """The test's backend with its source on a server of this module's own (on pg18, the
+    sink too; a PostgreSQL 15 source keeps the session's embedded server as its sink)."""
+    if backend.name == PG18:
+        own: PgServer = request.getfixturevalue("own_server")
+        return dataclasses.replace(backend, source=own, sink=own)
+    return dataclasses.replace(backend, source=request.getfixturevalue("own_pg15_server"))
+
+
 @pytest.fixture
 def own_deployment(
-    own_server: PgServer, endpoint: FakeOpenAIServer, tmp_path: Path
+    own_backend: Backend, endpoint: FakeOpenAIServer, tmp_path: Path
 ) -> Iterator[Deployment]:
-    """The `deployment` fixture's setup, on this module's own server."""
-    name = own_server.create_database()
-    dep = Deployment(
-        dsn=own_server.dsn(name),
-        slot=unique_slot(),
-        base_url=endpoint.url,
-        workdir=tmp_path,
-        tables=[Table("public.articles", ["title", "body"], ["author_id"])],
-    )
-    try:
-        dep.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        dep.execute(ARTICLES_DDL)
+    """The `deployment` fixture's setup, on this module's own source server."""
+    with deployment_on(own_backend, endpoint.url, tmp_path) as dep:
         yield dep
-    finally:
-        dep.stop_all()
-        own_server.drop_database(name)
 
 
 def ends_in_step(deployment: Deployment, process: CdcProcess) -> None:
@@ -136,7 +142,7 @@ def test_kill_9_at_random_points_of_a_mixed_workload_loses_nothing_and_leaves_no
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgres_restarted_under_cdc_run_is_reconnected_to_and_ends_in_step(
-    own_server: PgServer, own_deployment: Deployment, seed: int, mode: str
+    own_backend: Backend, own_deployment: Deployment, seed: int, mode: str
 ) -> None:
     deployment = own_deployment
     process = deployment.start()
@@ -148,7 +154,7 @@ def test_postgres_restarted_under_cdc_run_is_reconnected_to_and_ends_in_step(
             wait_until(lambda: workload.transactions > 20, what="writes before")
             deployment.wait_caught_up()  # streaming, with a confirmed position to come back to
             reconnects = workload.reconnects
-            own_server.restart_with(mode)
+            own_backend.source.restart_with(mode)
             process.assert_running()
             # The writer notices the restart too, and goes on writing after it.
             writes_after(workload)

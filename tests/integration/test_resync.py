@@ -12,8 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.backends import every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import CdcProcess, Deployment, Table, assert_in_step, wait_until
+
+pytestmark = every_backend
 
 ROWS = 60
 
@@ -37,7 +40,7 @@ def embed_all(deployment: Deployment) -> None:
 
 
 def progress(deployment: Deployment) -> dict[str, Any] | None:
-    with deployment.connect() as conn:
+    with deployment.connect_sink() as conn:
         row = conn.execute(
             "SELECT kind, status, phase, rows_done FROM cdc_snapshots "
             "WHERE slot = %s AND source_table = 'public.articles'",
@@ -72,8 +75,8 @@ def test_full_resync_of_an_unchanged_corpus_makes_no_api_call_and_streaming_goes
     embed_all(deployment)
     before = slot_restart_lsn(deployment)
     # Drift behind wal2vec's back: a resync must mend it, and pay only for that.
-    deployment.execute("DELETE FROM cdc_embeddings WHERE source_id = '7'")
-    deployment.execute(
+    deployment.execute_sink("DELETE FROM cdc_embeddings WHERE source_id = '7'")
+    deployment.execute_sink(
         "INSERT INTO cdc_embeddings (source_table, source_id, chunk, content, content_hash, "
         "model, embedding) SELECT source_table, 'gone', 0, content, content_hash, model, "
         "embedding FROM cdc_embeddings WHERE source_id = '1'"
@@ -162,8 +165,10 @@ def test_table_resync_while_another_process_writes_ends_with_every_row_current(
         deployment.wait_caught_up()
         # Damage the sink behind the running streamer's back: the resync must not trust what
         # it remembers.
-        deployment.execute("DELETE FROM cdc_embeddings WHERE source_id IN ('2', '30')")
-        deployment.execute("UPDATE cdc_embeddings SET content_hash = 'x' WHERE source_id = '5'")
+        deployment.execute_sink("DELETE FROM cdc_embeddings WHERE source_id IN ('2', '30')")
+        deployment.execute_sink(
+            "UPDATE cdc_embeddings SET content_hash = 'x' WHERE source_id = '5'"
+        )
         endpoint.latency = 0.02
         writer = Writer(deployment)
         writer.start()
@@ -195,7 +200,7 @@ def test_table_resync_killed_mid_way_resumes_where_its_work_landed(
     deployment.extra = {"snapshot": {"chunk_rows": 5, "poll_interval": 0.2}}
     embed_all(deployment)
     # Every vector gone behind wal2vec's back: each chunk of the resync needs the endpoint.
-    deployment.execute("DELETE FROM cdc_embeddings")
+    deployment.execute_sink("DELETE FROM cdc_embeddings")
     endpoint.latency = 0.1
     process = deployment.start()
     wait_until(lambda: slot_active(deployment), what="the streamer to hold its slot")
@@ -232,7 +237,7 @@ def test_table_resync_with_no_streamer_runs_one_and_stops(
 ) -> None:
     fill(deployment)
     embed_all(deployment)
-    deployment.execute("UPDATE cdc_embeddings SET content_hash = 'x' WHERE source_id = '9'")
+    deployment.execute_sink("UPDATE cdc_embeddings SET content_hash = 'x' WHERE source_id = '9'")
     endpoint.reset()
     result = deployment.cli("resync", "--table", "public.articles")
     assert result.returncode == 0, result.stderr
@@ -255,7 +260,7 @@ class Reader(threading.Thread):
         self.failures: list[str] = []
 
     def run(self) -> None:
-        with psycopg.connect(self.deployment.dsn, autocommit=True) as conn:
+        with self.deployment.connect_sink() as conn:
             while not self.halt.is_set():
                 try:
                     rows = conn.execute(
@@ -293,7 +298,7 @@ def test_model_change_is_refused_then_resync_rebuilds_while_readers_keep_answeri
     assert result.returncode == 0, result.stderr
     assert not reader.failures, reader.failures[:5]
     assert reader.answers > 0
-    with deployment.connect() as conn:
+    with deployment.connect_sink() as conn:
         stored = conn.execute(
             "SELECT count(*), count(DISTINCT model), min(model), min(vector_dims(embedding)) "
             "FROM cdc_embeddings"
@@ -329,13 +334,13 @@ def test_a_slot_lost_past_max_slot_wal_keep_size_exits_3_and_resync_recovers(
 ) -> None:
     fill(deployment)
     embed_all(deployment)
-    with psycopg.connect(deployment.dsn, autocommit=True) as conn:
+    with deployment.connect() as conn:
         conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
         conn.execute("SELECT pg_reload_conf()")
     try:
         _invalidate_slot(deployment)
     finally:
-        with psycopg.connect(deployment.dsn, autocommit=True) as conn:
+        with deployment.connect() as conn:
             conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
             conn.execute("SELECT pg_reload_conf()")
     result = deployment.cli("run")
@@ -357,7 +362,7 @@ def test_resync_can_be_killed_and_the_snapshot_started_again(
     """kill -9 during a full resync: the next `cdc run` takes the snapshot again."""
     fill(deployment)
     embed_all(deployment)
-    deployment.execute("DELETE FROM cdc_embeddings")
+    deployment.execute_sink("DELETE FROM cdc_embeddings")
     endpoint.latency = 0.3
     deployment.extra = {"snapshot": {"batch_rows": 5}}
     deployment.write_config()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from tests.backends import every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import Deployment, assert_in_step, free_port
+
+pytestmark = every_backend
 
 
 def test_rows_present_before_start_are_embedded_then_changes_stream(

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import secrets
 
+from tests.backends import every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import CdcProcess, Deployment, Table, assert_in_step
+
+pytestmark = every_backend
 
 
 def test_large_streamed_transaction_that_commits_lands_whole(
     deployment: Deployment, running: CdcProcess
 ) -> None:
-    # logical_decoding_work_mem is 64kB on the test server: this transaction is streamed
-    # to wal2vec in progress (Stream Start/Stop) and committed with Stream Commit.
+    # logical_decoding_work_mem is 64kB on the test servers: the server spills this
+    # transaction to disk and sends it once committed (neither plugin is asked to stream
+    # transactions in progress), where wal2vec may apply it in parts.
     with deployment.connect() as conn, conn.transaction():
         conn.execute(
             "INSERT INTO articles (id, title, body) "

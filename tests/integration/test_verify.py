@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tests.backends import every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import Deployment, Table, assert_in_step
 
+pytestmark = every_backend
 ROWS = 8
 
 
@@ -32,7 +34,7 @@ def build_sink(deployment: Deployment) -> None:
 
 def copy_row(deployment: Deployment, source_id: str, new_id: str, chunk: int = 0) -> None:
     """Insert a sink row copied from row `source_id`'s chunk 0, under another id or chunk."""
-    deployment.execute(
+    deployment.execute_sink(
         "INSERT INTO cdc_embeddings (source_table, source_id, chunk, content, content_hash, "
         "model, embedding, metadata, lsn) SELECT source_table, %s, %s, content, content_hash, "
         "model, embedding, metadata, lsn FROM cdc_embeddings "
@@ -42,9 +44,11 @@ def copy_row(deployment: Deployment, source_id: str, new_id: str, chunk: int = 0
 
 
 def damage(deployment: Deployment) -> None:
-    deployment.execute("DELETE FROM cdc_embeddings WHERE source_id = '2'")
-    deployment.execute("UPDATE cdc_embeddings SET content_hash = 'tampered' WHERE source_id = '3'")
-    deployment.execute("UPDATE cdc_embeddings SET model = 'old-model' WHERE source_id = '4'")
+    deployment.execute_sink("DELETE FROM cdc_embeddings WHERE source_id = '2'")
+    deployment.execute_sink(
+        "UPDATE cdc_embeddings SET content_hash = 'tampered' WHERE source_id = '3'"
+    )
+    deployment.execute_sink("UPDATE cdc_embeddings SET model = 'old-model' WHERE source_id = '4'")
     copy_row(deployment, "5", "5", chunk=1)  # a surplus chunk
     copy_row(deployment, "1", "999")  # an orphan
     copy_row(deployment, "1", "not-a-number")  # an orphan no bigint key could name
@@ -141,7 +145,7 @@ def test_repair_is_refused_while_cdc_run_streams(
     process = deployment.start()
     try:
         deployment.wait_caught_up()
-        deployment.execute("DELETE FROM cdc_embeddings WHERE source_id = '2'")
+        deployment.execute_sink("DELETE FROM cdc_embeddings WHERE source_id = '2'")
         requests = endpoint.requests
         result = deployment.cli("verify", "--repair")
         assert result.returncode == 1
@@ -198,13 +202,13 @@ def test_composite_keys_and_orphans_that_name_no_row(
         assert process.stop() == 0, process.output
     assert deployment.cli("verify").returncode == 0
     for orphan in ('["en", "3"]', '["en", "x"]', "not json", '["en", "1", "extra"]'):
-        deployment.execute(
+        deployment.execute_sink(
             "INSERT INTO cdc_embeddings (source_table, source_id, chunk, content, content_hash, "
             "model, embedding, metadata) SELECT source_table, %s, 0, content, content_hash, "
             "model, embedding, metadata FROM cdc_embeddings WHERE source_id = %s",
             (orphan, '["en", "1"]'),
         )
-    deployment.execute(
+    deployment.execute_sink(
         "UPDATE cdc_embeddings SET content_hash = 'x' WHERE source_id = %s", ('["fa", "1"]',)
     )
     code, report = verify_json(deployment)
