@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import ARTICLES_DDL
+from tests.backends import ARTICLES_DDL
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import (
     DIMENSIONS,
