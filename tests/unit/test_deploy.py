@@ -260,6 +260,102 @@ def test_the_pod_monitor_scrapes_the_sidecar(rendered: list[dict[str, Any]]) -> 
     assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
 
 
+# --- compose ---------------------------------------------------------------------------------
+
+COMPOSE_DIR = REPO / "deploy" / "compose"
+COMPOSE = COMPOSE_DIR / "docker-compose.yml"
+
+
+def interpolated(value: str) -> str:
+    """Compose's `${NAME:-default}` with nothing set: the default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """The service's bind mounts, container path -> host path."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            found[target] = (COMPOSE_DIR / source).resolve()
+    return found
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
+    return services
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    result = run(tool("docker-compose"), "-f", str(COMPOSE), "config", "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_prometheus_configuration_is_valid() -> None:
+    result = run(
+        tool("promtool"), "check", "config", "--syntax-only", "deploy/compose/prometheus.yml"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_wal2vec_configuration_loads_and_matches_the_services(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    assert compose["db"]["command"] == ["postgres", "-c", "wal_level=logical"]
+    assert compose["db"]["image"].startswith("pgvector/pgvector:")
+    for name in ("wal2vec-setup", "wal2vec"):
+        service = compose[name]
+        assert (COMPOSE_DIR / service["build"]["context"]).resolve() == REPO
+        assert service["build"]["dockerfile"] == "Dockerfile"
+        assert mounts(service)["/etc/wal2vec/wal2vec.yaml"] == COMPOSE_DIR / "wal2vec.yaml"
+        assert service["read_only"] is True and service["tmpfs"] == ["/tmp"]
+    assert compose["wal2vec-setup"]["command"] == ["setup"]
+    assert compose["wal2vec"]["command"] == ["run"]
+    assert compose["wal2vec"]["depends_on"] == {
+        "wal2vec-setup": {"condition": "service_completed_successfully"},
+        "embeddings": {"condition": "service_healthy"},
+    }
+    environ = {k: interpolated(v) for k, v in compose["wal2vec"]["environment"].items()}
+    settings = load_config(COMPOSE_DIR / "wal2vec.yaml", environ)
+    assert settings.source.dsn.startswith("postgresql://postgres:wal2vec@db:5432/")
+    assert (settings.metrics.host, settings.metrics.port) == ("0.0.0.0", 9108)
+    # The embedding server is a service of the file, reached on the port it serves.
+    assert settings.embedding.base_url == "http://embeddings:80/v1"
+    assert "embeddings" in compose
+    grace = compose["wal2vec"]["stop_grace_period"]
+    assert int(grace.removesuffix("s")) > settings.shutdown_timeout
+
+
+def test_compose_prometheus_loads_the_alert_rules_and_scrapes_wal2vec(
+    compose: dict[str, Any],
+) -> None:
+    prometheus = compose["prometheus"]
+    mounted = mounts(prometheus)
+    config = yaml.safe_load(mounted["/etc/prometheus/prometheus.yml"].read_text())
+    (rule_file,) = config["rule_files"]
+    assert mounted[rule_file] == ALERTS
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["wal2vec:9108"]}]
+
+
+def test_compose_grafana_provisions_the_data_source_and_the_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    mounted = mounts(compose["grafana"])
+    provisioning = mounted["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "wal2vec.yml").read_text())[
+        "providers"
+    ]
+    directory = provider["options"]["path"]
+    assert mounted[f"{directory}/wal2vec.json"] == DASHBOARD
+
+
 # --- Dockerfile ------------------------------------------------------------------------------
 
 
