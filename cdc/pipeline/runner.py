@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 # Consecutive failed starts before `run` gives up, as long as it never streamed.
 MAX_FAILED_STARTS = 5
 MAX_BACKOFF = 60.0
+# Seconds between attempts while only a standby answers (a promotion is probably under way).
+PROMOTION_RETRY = 1.0
 
 
 async def run(
@@ -90,8 +92,20 @@ async def _run_sessions(  # noqa: PLR0917
             delay = backoff.failed(_streamed_for(health, started), random.random())
             if not streamed_once and backoff.failures >= MAX_FAILED_STARTS:
                 raise _as_unavailable(error) from None
+            if _promotion_likely(error):
+                delay = min(delay, PROMOTION_RETRY)
             log.warning("%s; starting again in %.1fs", _describe(error), delay)
             await _sleep_unless(stop, delay)
+
+
+def _promotion_likely(error: Exception) -> bool:
+    """The only server that answered is a standby: a failover is probably under way, and the
+    new primary is worth looking for every second rather than after a growing backoff."""
+    text = str(error)
+    return any(sign in text for sign in _STANDBY_SIGNS)
+
+
+_STANDBY_SIGNS = ("session is read-only", "is a standby (in recovery)", "in hot standby mode")
 
 
 def _streamed_for(health: Health, session_started: float) -> float:

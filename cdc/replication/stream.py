@@ -88,10 +88,7 @@ class ReplicationStream:
             sql.Identifier(self._spec.plugin.name),
             sql.SQL(options),
         )
-        try:
-            row = self._run(query).fetchone()
-        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile) as error:
-            raise ConfigError(plugin_refused(self._spec.plugin.name, error)) from None
+        row = self._run(query, refused=self._spec.plugin.name).fetchone()
         assert row is not None
         return CreatedSlot(Lsn.parse(str(row[1])), str(row[2]))
 
@@ -104,9 +101,17 @@ class ReplicationStream:
     def drop_slot(self) -> None:
         self._run(sql.SQL("DROP_REPLICATION_SLOT {} WAIT").format(sql.Identifier(self._slot)))
 
-    def _run(self, query: sql.Composed) -> psycopg.Cursor[tuple[object, ...]]:
+    def _run(
+        self, query: sql.Composed, *, refused: str | None = None
+    ) -> psycopg.Cursor[tuple[object, ...]]:
+        """Run a replication command; with `refused`, a plugin the server will not load is
+        a `ConfigError` naming the plugin `refused` (not a connection problem to retry)."""
         try:
             return self._conn.execute(query)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFile) as error:
+            if refused is None:
+                raise
+            raise ConfigError(plugin_refused(refused, error)) from None
         except psycopg.errors.ObjectNotInPrerequisiteState as error:
             raise ConfigError(f"the source cannot do logical replication: {error}") from None
         except psycopg.OperationalError as error:

@@ -99,7 +99,7 @@ def assess(facts: ServerFacts, source: SourceConfig) -> list[Finding]:
         *_wal_level(facts),
         *_plugin(facts, source.plugin),
         *_failover(facts, source),
-        *_standby_slots(facts),
+        *(_standby_slots(facts) if source.failover else []),
     ]
     return findings
 
@@ -197,7 +197,7 @@ def _standby_slots(facts: ServerFacts) -> list[Finding]:
             Finding(
                 "warning",
                 f"synchronized_standby_slots names {', '.join(idle)}, but no standby streams "
-                "from it now: logical streams here wait until that standby is back, so wal2vec "
+                "from it now: failover slots here wait until that standby is back, so wal2vec "
                 "receives nothing meanwhile. Bring the standby back, or, to stream without it, "
                 "take its slot out of synchronized_standby_slots",
                 stalls=True,
@@ -213,9 +213,9 @@ def _missing_standby_slots(missing: list[str]) -> list[Finding]:
         Finding(
             "warning",
             f"synchronized_standby_slots names {', '.join(missing)}, which this server does not "
-            "have: every logical stream here waits for it, so wal2vec receives nothing (a "
-            "promoted standby inherits its primary's setting). Name this server's standbys' "
-            "slots, or clear it:",
+            "have: failover slots here wait for it, so wal2vec receives nothing (a promoted "
+            "standby inherits its primary's setting). Name this server's standbys' slots, or "
+            "clear it:",
             ("ALTER SYSTEM RESET synchronized_standby_slots;", "SELECT pg_reload_conf();"),
             stalls=True,
         )

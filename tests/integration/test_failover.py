@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import ARTICLES_DDL
+from tests.backends import ARTICLES_DDL
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import (
     DIMENSIONS,
@@ -380,9 +380,10 @@ def test_a_sink_write_the_standby_never_got_is_not_lost_in_a_failover(
 ) -> None:
     """The sink is on the source server (sink.dsn unset). `synchronized_standby_slots` keeps
     the slot's copy on the standby from passing WAL the standby has, but wal2vec's own sink
-    commit for a change comes after the change: if the standby has the change and the slot's
-    confirmation of it but not the sink's commit, the promoted server's slot stands past a
-    change its sink lacks, and the change is never sent again."""
+    commit for a change comes after the change: had the slot been confirmed past the change
+    while the standby lacked that commit, the promoted server's slot would stand past a change
+    its sink lacks, never to send it again. wal2vec confirms only once the standby has the
+    sink commit (`StandbyGate`), so the promoted server sends the change again."""
     dep = deployment
     process = streaming_and_synced(pair, dep)
     endpoint.hold()
@@ -395,10 +396,11 @@ def test_a_sink_write_the_standby_never_got_is_not_lost_in_a_failover(
     crashed = False
     try:
         endpoint.release()
-        # The sink commits (on the primary only) and the slot's position passes the change...
-        wait_until(lambda: process.assert_running() or dep.confirmed_past(change), what="confirm")
-        # ...and the standby's copy follows, as far as the standby has WAL.
-        wait_until(lambda: pair.copy_past(dep.slot, change), what="the copy past the change")
+        # The sink commits its vector, on the primary only.
+        wait_until(
+            lambda: process.assert_running() or vector_of(dep, "1000", "only\n\non the primary"),
+            what="the vector committed on the primary",
+        )
         # A stopped walsender cannot act on the immediate shutdown's SIGQUIT: the postmaster
         # SIGKILLs it after 5 s, and the sink's commit is never sent.
         pair.crash_primary()
@@ -407,9 +409,13 @@ def test_a_sink_write_the_standby_never_got_is_not_lost_in_a_failover(
         if not crashed:
             os.kill(walsender, signal.SIGCONT)
     pair.promote()
-    # The promoted server has the change and a slot past it, but a sink checkpoint before it.
+    # The promoted server has the change but not the sink's commit of its vector, and the
+    # slot there stands before the change: the primary never confirmed past it.
     assert dep_value(dep, "SELECT count(*) FROM articles WHERE id = 1000") == 1
-    assert dep.confirmed_past(change)
+    assert not vector_of(dep, "1000", "only\n\non the primary")
+    assert not dep.confirmed_past(change), (
+        "the slot was confirmed past a change the standby's sink lacks"
+    )
     checkpoint = dep_value(
         dep, "SELECT checkpoint_lsn::text FROM cdc_state WHERE slot = %s", dep.slot
     )

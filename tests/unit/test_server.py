@@ -95,12 +95,17 @@ def test_failover_with_a_standby_slot_and_two_hosts_is_quiet() -> None:
 
 def test_a_promoted_standby_holding_its_primarys_standby_slots_is_a_stall() -> None:
     promoted = dataclasses.replace(PG18, synchronized_standby_slots=("sb1",))
-    [finding] = assess(promoted, source())
+    dsn = "host=a,b dbname=app target_session_attrs=read-write"
+    [finding] = assess(promoted, source(failover=True, dsn=dsn))
     assert finding.level == "warning" and finding.stalls
     assert "sb1" in finding.message
     assert finding.fix[0] == "ALTER SYSTEM RESET synchronized_standby_slots;"
     # On a standby the setting is its primary's business.
-    assert assess(dataclasses.replace(promoted, in_recovery=True), source()) == []
+    assert assess(dataclasses.replace(promoted, in_recovery=True), source(failover=True)) == [
+        f for f in assess(PG18, source(failover=True)) if "one host" in f.message
+    ]
+    # Only failover slots wait for standbys: without source.failover it is not ours to say.
+    assert assess(promoted, source()) == []
 
 
 @pytest.mark.parametrize(
@@ -136,8 +141,9 @@ def test_a_standby_slot_no_standby_streams_from_holds_the_stream() -> None:
     down = dataclasses.replace(
         PG18, synchronized_standby_slots=("sb1",), physical_slots=frozenset({"sb1"})
     )
-    [finding] = assess(down, source())
+    dsn = "host=a,b dbname=app target_session_attrs=read-write"
+    [finding] = assess(down, source(failover=True, dsn=dsn))
     assert finding.level == "warning" and finding.stalls
     assert "sb1" in finding.message and "no standby streams from it" in finding.message
     up = dataclasses.replace(down, active_physical_slots=frozenset({"sb1"}))
-    assert assess(up, source()) == []
+    assert assess(up, source(failover=True, dsn=dsn)) == []
