@@ -19,6 +19,7 @@ from cdc.apply.settle import settle
 from cdc.config import Settings
 from cdc.embedding.factory import chunk_rules, tokenizer_for
 from cdc.embedding.providers import EmbeddingProvider, EmbeddingResult
+from cdc.embedding.tokens import Tokenizer
 from cdc.metrics import Metrics
 from cdc.replication.positions import Position
 from cdc.rows import ChunkWork, RowState, SourceKey
@@ -40,14 +41,19 @@ class ApplyResult:
 
 class Applier:
     def __init__(
-        self, settings: Settings, sink: Sink, provider: EmbeddingProvider, metrics: Metrics
+        self,
+        settings: Settings,
+        sink: Sink,
+        provider: EmbeddingProvider,
+        metrics: Metrics,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self._settings = settings
         self._sink = sink
         self._provider = provider
         self._metrics = metrics
         self._model = settings.embedding.model
-        self._tokenizer = tokenizer_for(settings)
+        self._tokenizer = tokenizer or tokenizer_for(settings)
         self._rules = chunk_rules(settings, self._tokenizer)
         self._known = KnownRows(settings.sink.known_rows)
 
@@ -55,7 +61,7 @@ class Applier:
         """An applier like this one writing through `sink` (another connection), sharing what
         this one knows the sink holds: siblings (the snapshot's writers) write disjoint rows,
         so no row's entry can be overtaken by an older commit of another sibling."""
-        sibling = Applier(self._settings, sink, self._provider, self._metrics)
+        sibling = Applier(self._settings, sink, self._provider, self._metrics, self._tokenizer)
         sibling._known = self._known
         return sibling
 
