@@ -37,6 +37,13 @@ HNSW_MAX_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 # The most tokens OpenAI's embedding models take in one input.
 OPENAI_MAX_INPUT_TOKENS = 8191
+# OpenAI's list prices, US dollars per million input tokens: `embedding.price_per_million_tokens`
+# for these models unless given.
+OPENAI_PRICES = {
+    "text-embedding-3-small": 0.02,
+    "text-embedding-3-large": 0.13,
+    "text-embedding-ada-002": 0.10,
+}
 
 
 class _Strict(BaseModel):
@@ -96,6 +103,9 @@ class EmbeddingConfig(_Strict):
     # Send `dimensions` with each request (default: only for OpenAI's text-embedding-3 models;
     # servers that do not take it refuse the request).
     send_dimensions: bool | None = None
+    # What a million input tokens cost, for `cdc estimate`. Default: OpenAI's list price for
+    # its embedding models (US dollars), 0 for provider local, else unknown (None).
+    price_per_million_tokens: float | None = Field(None, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -107,10 +117,14 @@ class EmbeddingConfig(_Strict):
         if not isinstance(data, dict):
             return data
         if data.get("provider") != "local":
-            if data.get("max_input_tokens") is None:  # absent, or null in the file
-                return {**data, "max_input_tokens": OPENAI_MAX_INPUT_TOKENS}
-            return data
-        defaults: dict[str, Any] = {"batch_size": 32}
+            price = OPENAI_PRICES.get(str(data.get("model", "text-embedding-3-small")))
+            # Absent, or null in the file: the defaults.
+            return {
+                **data,
+                "max_input_tokens": _given(data, "max_input_tokens", OPENAI_MAX_INPUT_TOKENS),
+                "price_per_million_tokens": _given(data, "price_per_million_tokens", price),
+            }
+        defaults: dict[str, Any] = {"batch_size": 32, "price_per_million_tokens": 0.0}
         if "model" not in data:
             defaults.update(model="all-MiniLM-L6-v2", dimensions=384)
         return {**defaults, **data}
@@ -123,6 +137,12 @@ class EmbeddingConfig(_Strict):
                 "with its own tokenizer: remove embedding.tokenizer"
             )
         return self
+
+
+def _given(data: dict[str, Any], key: str, default: Any) -> Any:
+    """`data[key]` unless absent or null."""
+    value = data.get(key)
+    return default if value is None else value
 
 
 class TableConfig(_Strict):

@@ -6,12 +6,18 @@ Every command that embeds (`run`, `resync`, `verify --repair`, `dead-letters ret
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 from cdc.config import Settings
 from cdc.content import ChunkRule
 from cdc.embedding.openai_compat import OpenAIProvider
-from cdc.embedding.providers import EmbeddingProvider, RetryPolicy
+from cdc.embedding.providers import (
+    MAX_BATCH_TOKENS,
+    EmbeddingProvider,
+    RetryPolicy,
+    plan_requests,
+)
 from cdc.embedding.tokens import Tokenizer
 from cdc.errors import ConfigError
 from cdc.metrics import Metrics
@@ -44,6 +50,16 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
         send_dimensions=embedding.send_dimensions,
         on_throttle=metrics.embedding_throttled_seconds.inc if metrics else None,
     )
+
+
+def request_count(settings: Settings, token_counts: Sequence[int]) -> int:
+    """The requests the configured provider makes for one `embed` call of texts with these
+    token counts: the OpenAI-compatible provider's request planning (inputs and tokens per
+    request), the local model's batches of `embedding.batch_size`."""
+    embedding = settings.embedding
+    if embedding.provider == "local":
+        return math.ceil(len(token_counts) / embedding.batch_size)
+    return len(plan_requests(token_counts, embedding.batch_size, MAX_BATCH_TOKENS))
 
 
 def tokenizer_for(settings: Settings) -> Tokenizer:
