@@ -62,10 +62,12 @@ class TableSize:
     pages: int  # heap pages on disk now, over every partition
 
 
-# Heap pages of the table, or of every partition of a partitioned table.
+# Heap pages of the table and of every partition it has (pg_partition_tree lists nothing for
+# a table that is not partitioned; a partitioned table's own size is 0).
 _PAGES_QUERY = """
 SELECT coalesce(sum(pg_relation_size(t.relid)), 0) / current_setting('block_size')::bigint
-FROM pg_partition_tree(%s::regclass) AS t WHERE t.isleaf
+FROM (SELECT relid FROM pg_partition_tree(%(t)s::regclass) WHERE isleaf
+      UNION SELECT %(t)s::regclass) AS t
 """
 
 
@@ -77,5 +79,5 @@ async def table_size(conn: Conn, table: SourceTable) -> TableSize:
     plan = await (await conn.execute(explain)).fetchone()
     rows = int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
     name = table.identifier.as_string(conn)
-    pages = await (await conn.execute(_PAGES_QUERY, (name,))).fetchone()
+    pages = await (await conn.execute(_PAGES_QUERY, {"t": name})).fetchone()
     return TableSize(rows=rows, pages=int(pages[0]) if pages else 0)

