@@ -125,8 +125,8 @@ def batch_figures(
 
 
 def per_row_embeds(plan: WritePlan, tokens: dict[int, int]) -> list[list[int]]:
-    """The token counts of each row's chunks to embed, row by row in the batch's order (a row
-    with nothing to embed: an empty list). What a sample's requests are planned from."""
+    """The token counts of each row's chunks to embed, row by row in the batch's order (rows
+    with nothing to embed left out). What a sample's requests are planned from."""
     by_row: dict[SourceKey, list[int]] = {}
     for work in plan.to_embed:
         by_row.setdefault(work.row.key, []).append(tokens[id(work)])
@@ -425,7 +425,7 @@ class Reader:
             batch, embeds = self._batch(states, stored)
             figures += batch
             if plan is not None:
-                rows_to_embed += [row for row in embeds if row]
+                rows_to_embed += embeds
         if plan is None:
             return TableEstimate(table.name, figures, use)
         return TableEstimate(
