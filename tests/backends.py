@@ -8,7 +8,7 @@ vectors go, and which output plugin decodes the source's WAL.
 - `pg15-wal2json`: the same, decoded with wal2json (`source.plugin: wal2json`).
 
 A module runs its tests on every backend with `pytestmark = every_backend`; a test that cannot
-apply to one skips it with `skip_on`, saying why.
+apply to one skips it there (`pytest.skip`), saying exactly why.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ PG18 = "pg18"
 PG15_PGOUTPUT = "pg15-pgoutput"
 PG15_WAL2JSON = "pg15-wal2json"
 NAMES = (PG18, PG15_PGOUTPUT, PG15_WAL2JSON)
-PG15 = (PG15_PGOUTPUT, PG15_WAL2JSON)
 
 # Each test of a module (or one test) once per backend; the ids are the names.
 every_backend = pytest.mark.parametrize("backend", NAMES, indirect=True)
@@ -54,16 +53,6 @@ class Backend:
     def split(self) -> bool:
         """Whether the vectors live on another server than the content tables."""
         return self.source is not self.sink
-
-    @property
-    def source_version(self) -> int:
-        return 18 if self.name == PG18 else 15
-
-
-def skip_on(backend: Backend, names: tuple[str, ...], reason: str) -> None:
-    """Skip this test on the backends named, for `reason` (say exactly why it cannot apply)."""
-    if backend.name in names:
-        pytest.skip(f"{backend.name}: {reason}")
 
 
 @contextmanager

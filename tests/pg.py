@@ -56,8 +56,10 @@ class Server:
             for (slot,) in conn.execute(
                 "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
             ).fetchall():
+                # Waits (up to 60 s) for the walsender to exit: a slot still active cannot
+                # be dropped.
                 conn.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                    "SELECT pg_terminate_backend(active_pid, 60000) FROM pg_replication_slots "
                     "WHERE slot_name = %s AND active_pid IS NOT NULL",
                     (slot,),
                 )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+from tests.backends import every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import Deployment, assert_in_step, free_port, scrape, wait_until
 
 
+@every_backend
 def test_retry_re_embeds_dead_letters_once_the_endpoint_accepts_them(
     deployment: Deployment, endpoint: FakeOpenAIServer
 ) -> None:
@@ -68,6 +70,7 @@ def test_retry_re_embeds_dead_letters_once_the_endpoint_accepts_them(
         assert process.stop() == 0, process.output
 
 
+@every_backend
 def test_retry_removes_dead_letters_of_rows_gone_from_the_source(
     deployment: Deployment, endpoint: FakeOpenAIServer
 ) -> None:

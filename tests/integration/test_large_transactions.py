@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.backends import every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.harness import (
     Deployment,
@@ -19,12 +20,14 @@ from tests.harness import (
     wait_until,
 )
 
+pytestmark = every_backend
+
 MAX_ROWS = 500
 ROWS = 4000
 
 
 def partial_checkpoint(deployment: Deployment) -> tuple[str | None, int]:
-    with deployment.connect() as conn:
+    with deployment.connect_sink() as conn:
         row: Any = conn.execute(
             "SELECT partial_commit_lsn::text, partial_changes FROM cdc_state WHERE slot = %s",
             (deployment.slot,),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from tests.backends import every_backend
 from tests.harness import Deployment, assert_in_step
 
 TEMPLATE = "Title: {title}\n\n{body}"
 
 
+@every_backend
 def test_template_content_is_snapshotted_streamed_published_and_verified(
     deployment: Deployment,
 ) -> None:
@@ -33,15 +35,17 @@ def test_template_content_is_snapshotted_streamed_published_and_verified(
             "4": "Title: New\n\nrow",
         }
         assert assert_in_step(deployment) == 3
-        with deployment.connect() as conn:
-            row = conn.execute("SELECT attnames FROM pg_publication_tables").fetchone()
-        assert row is not None and {"body", "id", "title"} <= set(row[0])
+        if deployment.plugin == "pgoutput":  # wal2json has no publication: it sends every column
+            with deployment.connect() as conn:
+                row = conn.execute("SELECT attnames FROM pg_publication_tables").fetchone()
+            assert row is not None and {"body", "id", "title"} <= set(row[0])
         verified = deployment.cli("verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:
         assert process.stop() == 0, process.output
 
 
+@every_backend
 def test_unchanged_toast_in_a_template_column_is_fetched_not_embedded_as_placeholder(
     deployment: Deployment,
 ) -> None:
