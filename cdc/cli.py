@@ -125,6 +125,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     resync.set_defaults(handler=_resync)
 
+    estimate = commands.add_parser(
+        "estimate",
+        parents=[common],
+        help="rows, chunks, tokens, requests and cost of a snapshot or resync (embeds nothing)",
+    )
+    estimate.add_argument("--table", help="only this configured table (schema.table)")
+    estimate.add_argument("--json", action="store_true", help="print JSON")
+    estimate.add_argument(
+        "--sample-rows",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="tables the server estimates at more than N rows are read as a sample of about "
+        "N rows, the figures extrapolated (default 10000)",
+    )
+    estimate.add_argument(
+        "--exact", action="store_true", help="read every row of every table, whatever its size"
+    )
+    estimate.set_defaults(handler=_estimate)
+
     demo = commands.add_parser(
         "demo",
         help="the whole thing on an embedded PostgreSQL with a local model (no --config)",
@@ -266,6 +286,27 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     outcome = await verify(settings, args.table, args.repair, make_provider)
     print(json.dumps(outcome.as_dict(), indent=2) if args.json else render_outcome(outcome))
     return EXIT_PROBLEM if outcome.drift else EXIT_OK
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+async def _estimate(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.commands.estimate import DEFAULT_SAMPLE_ROWS, estimate, render_estimate
+
+    if args.exact and args.sample_rows is not None:
+        raise ConfigError("--exact reads every row: give it or --sample-rows, not both")
+    sample_rows = None if args.exact else args.sample_rows or DEFAULT_SAMPLE_ROWS
+    report = await estimate(settings, args.table, sample_rows)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else render_estimate(report))
+    return EXIT_OK
 
 
 async def _dead_letters_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -35,6 +35,15 @@ ENV_CONFIG_PATH = "CDC_CONFIG"
 # pgvector's HNSW index accepts at most this many dimensions per element type.
 HNSW_MAX_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+# The most tokens OpenAI's embedding models take in one input.
+OPENAI_MAX_INPUT_TOKENS = 8191
+# OpenAI's list prices, US dollars per million input tokens: `embedding.price_per_million_tokens`
+# for these models unless given.
+OPENAI_PRICES = {
+    "text-embedding-3-small": 0.02,
+    "text-embedding-3-large": 0.13,
+    "text-embedding-ada-002": 0.10,
+}
 
 
 class _Strict(BaseModel):
@@ -77,10 +86,12 @@ class EmbeddingConfig(_Strict):
     batch_size: int = Field(2048, ge=1, le=2048)
     timeout: float = Field(60.0, gt=0)
     max_attempts: int = Field(8, ge=1)
-    # The most tokens the model takes in one input (8191 for OpenAI's embedding models);
-    # longer content is split into chunks of at most this many tokens.
-    max_input_tokens: int = Field(8191, ge=16)
-    # tiktoken encoding that counts tokens; default: the model's, else cl100k_base.
+    # The most tokens the model takes in one input; longer content is split into chunks of at
+    # most this many tokens. Default: 8191 (OpenAI's embedding models) for provider openai; a
+    # local model's own max_seq_length, read with its tokenizer (None until then).
+    max_input_tokens: int | None = Field(None, ge=16)
+    # tiktoken encoding that counts tokens (provider openai); default: the model's, else
+    # cl100k_base. A local model counts with its own tokenizer.
     tokenizer: str | None = None
     # Embedding requests in flight at once (the sink still writes batches in commit order).
     concurrency: int = Field(4, ge=1, le=64)
@@ -92,18 +103,46 @@ class EmbeddingConfig(_Strict):
     # Send `dimensions` with each request (default: only for OpenAI's text-embedding-3 models;
     # servers that do not take it refuse the request).
     send_dimensions: bool | None = None
+    # What a million input tokens cost, for `cdc estimate`. Default: OpenAI's list price for
+    # its embedding models (US dollars), 0 for provider local, else unknown (None).
+    price_per_million_tokens: float | None = Field(None, ge=0)
 
     @model_validator(mode="before")
     @classmethod
-    def _local_defaults(cls, data: Any) -> Any:
-        """`provider: local` alone means the packaged all-MiniLM-L6-v2, with its size, a
-        forward pass's worth of inputs, and chunks short enough for its 256 word pieces."""
-        if not isinstance(data, dict) or data.get("provider") != "local":
+    def _provider_defaults(cls, data: Any) -> Any:
+        """`provider: openai` takes inputs of up to 8191 tokens. `provider: local` alone means
+        the packaged all-MiniLM-L6-v2, with its size and a forward pass's worth of inputs; its
+        chunks default to the model's own limit (256 word pieces for MiniLM), known once its
+        tokenizer is read."""
+        if not isinstance(data, dict):
             return data
-        defaults: dict[str, Any] = {"batch_size": 32, "max_input_tokens": 200}
+        if data.get("provider") != "local":
+            price = OPENAI_PRICES.get(str(data.get("model", "text-embedding-3-small")))
+            # Absent, or null in the file: the defaults.
+            return {
+                **data,
+                "max_input_tokens": _given(data, "max_input_tokens", OPENAI_MAX_INPUT_TOKENS),
+                "price_per_million_tokens": _given(data, "price_per_million_tokens", price),
+            }
+        defaults: dict[str, Any] = {"batch_size": 32, "price_per_million_tokens": 0.0}
         if "model" not in data:
             defaults.update(model="all-MiniLM-L6-v2", dimensions=384)
         return {**defaults, **data}
+
+    @model_validator(mode="after")
+    def _tokenizer_is_tiktokens(self) -> EmbeddingConfig:
+        if self.provider == "local" and self.tokenizer is not None:
+            raise ValueError(
+                "tokenizer names a tiktoken encoding, for provider openai; a local model counts "
+                "with its own tokenizer: remove embedding.tokenizer"
+            )
+        return self
+
+
+def _given(data: dict[str, Any], key: str, default: Any) -> Any:
+    """`data[key]` unless absent or null."""
+    value = data.get(key)
+    return default if value is None else value
 
 
 class TableConfig(_Strict):
@@ -360,8 +399,12 @@ def _check_consistency(settings: Settings) -> None:
 
 
 def _check_chunking(embedding: EmbeddingConfig, table: TableConfig, index: int) -> None:
+    """What can be checked before the model's tokenizer is read (a local model's limit is
+    checked then, by `cdc.embedding.factory.chunk_size`)."""
     size = table.chunk_tokens or embedding.max_input_tokens
-    if size > embedding.max_input_tokens:
+    if size is None:
+        return
+    if embedding.max_input_tokens is not None and size > embedding.max_input_tokens:
         raise ConfigError(
             f"tables.{index}.chunk_tokens is {size}, but the model takes at most "
             f"embedding.max_input_tokens = {embedding.max_input_tokens} tokens per input: "

@@ -124,3 +124,15 @@ def make_chunks(text: str, rule: ChunkRule) -> list[Chunk]:
         Chunk(number, piece.text, content_hash(piece.text), piece.tokens)
         for number, piece in enumerate(rule.tokenizer.split(text, rule.size, rule.overlap))
     ]
+
+
+def chunk_tokens(chunks: Sequence[Chunk], tokenizer: Tokenizer) -> list[int]:
+    """Each chunk's token count: the one chunking counted, else counted here, all at once (so
+    no text is tokenized twice)."""
+    uncounted = [i for i, chunk in enumerate(chunks) if chunk.tokens is None]
+    counts = [chunk.tokens or 0 for chunk in chunks]
+    if uncounted:
+        fresh = tokenizer.count([chunks[i].text for i in uncounted])
+        for index, count in zip(uncounted, fresh, strict=True):
+            counts[index] = count
+    return counts

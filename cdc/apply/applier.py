@@ -17,8 +17,10 @@ from cdc.apply.known import KnownRows, fingerprint
 from cdc.apply.plan import WritePlan, plan_writes
 from cdc.apply.settle import settle
 from cdc.config import Settings
+from cdc.content import chunk_tokens
 from cdc.embedding.factory import chunk_rules, tokenizer_for
 from cdc.embedding.providers import EmbeddingProvider, EmbeddingResult
+from cdc.embedding.tokens import Tokenizer
 from cdc.metrics import Metrics
 from cdc.replication.positions import Position
 from cdc.rows import ChunkWork, RowState, SourceKey
@@ -40,14 +42,19 @@ class ApplyResult:
 
 class Applier:
     def __init__(
-        self, settings: Settings, sink: Sink, provider: EmbeddingProvider, metrics: Metrics
+        self,
+        settings: Settings,
+        sink: Sink,
+        provider: EmbeddingProvider,
+        metrics: Metrics,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self._settings = settings
         self._sink = sink
         self._provider = provider
         self._metrics = metrics
         self._model = settings.embedding.model
-        self._tokenizer = tokenizer_for(settings)
+        self._tokenizer = tokenizer or tokenizer_for(settings)
         self._rules = chunk_rules(settings, self._tokenizer)
         self._known = KnownRows(settings.sink.known_rows)
 
@@ -55,7 +62,7 @@ class Applier:
         """An applier like this one writing through `sink` (another connection), sharing what
         this one knows the sink holds: siblings (the snapshot's writers) write disjoint rows,
         so no row's entry can be overtaken by an older commit of another sibling."""
-        sibling = Applier(self._settings, sink, self._provider, self._metrics)
+        sibling = Applier(self._settings, sink, self._provider, self._metrics, self._tokenizer)
         sibling._known = self._known
         return sibling
 
@@ -105,20 +112,10 @@ class Applier:
             return None
         self._metrics.embedding_batch_size.observe(len(works))
         texts = [work.chunk.text for work in works]
-        result = await self._provider.embed(texts, self._token_counts(works))
+        counts = chunk_tokens([work.chunk for work in works], self._tokenizer)
+        result = await self._provider.embed(texts, counts)
         self._metrics.embedding_tokens.inc(result.tokens)
         return result
-
-    def _token_counts(self, works: list[ChunkWork]) -> list[int]:
-        """Each chunk's tokens: counted by chunking where it had to, the rest counted here,
-        all at once, so no text is tokenized twice."""
-        uncounted = [i for i, work in enumerate(works) if work.chunk.tokens is None]
-        counts = [work.chunk.tokens or 0 for work in works]
-        if uncounted:
-            fresh = self._tokenizer.count([works[i].chunk.text for i in uncounted])
-            for index, count in zip(uncounted, fresh, strict=True):
-                counts[index] = count
-        return counts
 
     def _log_rejections(self, write: SinkWrite) -> None:
         for letter in write.dead_letters:

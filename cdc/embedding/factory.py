@@ -6,13 +6,20 @@ Every command that embeds (`run`, `resync`, `verify --repair`, `dead-letters ret
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 from cdc.config import Settings
 from cdc.content import ChunkRule
 from cdc.embedding.openai_compat import OpenAIProvider
-from cdc.embedding.providers import EmbeddingProvider, RetryPolicy
+from cdc.embedding.providers import (
+    MAX_BATCH_TOKENS,
+    EmbeddingProvider,
+    RetryPolicy,
+    plan_requests,
+)
 from cdc.embedding.tokens import Tokenizer
+from cdc.errors import ConfigError
 from cdc.metrics import Metrics
 
 # How the streaming path, resync and the repairing commands are given a provider: they build it
@@ -45,20 +52,61 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
     )
 
 
+def request_count(settings: Settings, token_counts: Sequence[int]) -> int:
+    """The requests the configured provider makes for one `embed` call of texts with these
+    token counts: the OpenAI-compatible provider's request planning (inputs and tokens per
+    request), the local model's batches of `embedding.batch_size`."""
+    embedding = settings.embedding
+    if embedding.provider == "local":
+        return math.ceil(len(token_counts) / embedding.batch_size)
+    return len(plan_requests(token_counts, embedding.batch_size, MAX_BATCH_TOKENS))
+
+
 def tokenizer_for(settings: Settings) -> Tokenizer:
-    """The tokenizer of the configured model (or of `embedding.tokenizer`)."""
-    return Tokenizer.for_model(settings.embedding.model, settings.embedding.tokenizer)
+    """How the configured model counts tokens: a local model with its own tokenizer, an
+    OpenAI-compatible one with tiktoken (the model's encoding, or `embedding.tokenizer`)."""
+    embedding = settings.embedding
+    if embedding.provider == "local":
+        from cdc.embedding.model_tokens import ModelEncoder
+
+        return Tokenizer(ModelEncoder.for_model(embedding.model))
+    return Tokenizer.for_model(embedding.model, embedding.tokenizer)
 
 
 def chunk_rules(settings: Settings, tokenizer: Tokenizer | None = None) -> dict[str, ChunkRule]:
     """Each configured source table's rule; the tokenizer is the embedding model's."""
-    embedding = settings.embedding
     tokenizer = tokenizer or tokenizer_for(settings)
     return {
         table.table: ChunkRule(
             tokenizer,
-            size=table.chunk_tokens or embedding.max_input_tokens,
+            size=chunk_size(settings, index, tokenizer.limit),
             overlap=table.chunk_overlap,
         )
-        for table in settings.tables
+        for index, table in enumerate(settings.tables)
     }
+
+
+def chunk_size(settings: Settings, index: int, limit: int | None) -> int:
+    """Table `index`'s chunk size: its `chunk_tokens`, else `embedding.max_input_tokens`, else
+    the model's `limit`; never over that limit, where the tokenizer knows it (a local model's
+    `max_seq_length`: the model would drop the rest of a longer input unread)."""
+    table, embedding = settings.tables[index], settings.embedding
+    size = table.chunk_tokens or embedding.max_input_tokens or limit
+    if size is None:
+        raise ConfigError(
+            f"embedding.model: the local model {embedding.model!r} does not say how many tokens "
+            "it reads (no max_seq_length): set embedding.max_input_tokens"
+        )
+    key = f"tables.{index}.chunk_tokens" if table.chunk_tokens else "embedding.max_input_tokens"
+    if limit is not None and size > limit:
+        raise ConfigError(
+            f"{key} is {size}, but the model {embedding.model!r} reads at most {limit} tokens "
+            f"of an input (its max_seq_length, special tokens included) and drops the rest: "
+            f"lower it to {limit} or less (or leave it out)"
+        )
+    if table.chunk_overlap > size // 2:
+        raise ConfigError(
+            f"tables.{index}.chunk_overlap is {table.chunk_overlap} tokens, more than half of "
+            f"the chunk size ({size}): lower it (chunks would mostly repeat each other)"
+        )
+    return size

