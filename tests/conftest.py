@@ -27,12 +27,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
 def pg15_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg15.Pg15Server]:
     """PostgreSQL 15, started the first time a test asks for it (skipped when it is not
     installed, unless WAL2VEC_REQUIRE_PG15=1)."""
-    reason = pg15.missing()
-    if reason is not None:
-        pg15.unavailable(reason)
-    server = pg15.start_server(tmp_path_factory.mktemp("pg15"))
-    yield server
-    server.close()
+    with pg15.serving(tmp_path_factory.mktemp("pg15")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,3 +210,17 @@ def _setting(server: Pg15Server, name: str) -> str:
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
         return str(row[0]) if row else ""
+
+
+@contextlib.contextmanager
+def serving(base: Path) -> Iterator[Pg15Server]:
+    """A cluster in `base` for as long as the block runs; skips (or fails, with
+    WAL2VEC_REQUIRE_PG15=1) when PostgreSQL 15 is not installed."""
+    reason = missing()
+    if reason is not None:
+        unavailable(reason)
+    server = start_server(base)
+    try:
+        yield server
+    finally:
+        server.close()

@@ -264,28 +264,37 @@ class StandbyFlush:
 
     # None when no standby is waited for (synchronized_standby_slots empty or absent).
     flushed: Lsn | None
-    # The setting names standbys, but none of their slots has flushed anything (missing, or
-    # never connected): nothing may be released.
+    # A slot the setting names is missing or has flushed nothing yet (its standby never
+    # connected): nothing may be released.
     blocked: bool = False
 
 
-_STANDBY_FLUSH_QUERY = "SELECT current_setting('synchronized_standby_slots', true)"
-_PHYSICAL_FLUSH_QUERY = """
-SELECT count(restart_lsn), min(restart_lsn)::text FROM pg_replication_slots
-WHERE slot_type = 'physical' AND slot_name = ANY(%s)
+# One round trip per look (it runs after every batch with a failover slot): the setting's
+# names, split as `parse_list` splits them, joined to their physical slots.
+_STANDBY_FLUSH_QUERY = """
+WITH named AS (
+    SELECT btrim(item, ' "') AS name
+    FROM regexp_split_to_table(
+        coalesce(current_setting('synchronized_standby_slots', true), ''), ','
+    ) AS item
+    WHERE btrim(item, ' "') <> ''
+)
+SELECT count(*), count(s.restart_lsn), min(s.restart_lsn)::text
+FROM named LEFT JOIN pg_replication_slots AS s
+  ON s.slot_name = named.name AND s.slot_type = 'physical'
 """
 
 
 async def standby_flush(conn: Conn) -> StandbyFlush:
     """The least WAL position the primary's synchronized standby slots have flushed."""
     row = await (await conn.execute(_STANDBY_FLUSH_QUERY)).fetchone()
-    names = parse_list(row[0] if row else None)
-    if not names:
+    assert row is not None  # an aggregate always yields one row
+    named, flushed, least = row
+    if not named:
         return StandbyFlush(None)
-    row = await (await conn.execute(_PHYSICAL_FLUSH_QUERY, (list(names),))).fetchone()
-    if row is None or int(row[0]) < len(names) or row[1] is None:
+    if flushed < named or least is None:
         return StandbyFlush(None, blocked=True)
-    return StandbyFlush(Lsn.parse(row[1]))
+    return StandbyFlush(Lsn.parse(least))
 
 
 async def wal_position(conn: Conn) -> Lsn:

@@ -61,12 +61,8 @@ def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
 @pytest.fixture(scope="module")
 def own_pg15_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg15.Pg15Server]:
     """The same for the PostgreSQL 15 backends' source."""
-    reason = pg15.missing()
-    if reason is not None:
-        pg15.unavailable(reason)
-    server = pg15.start_server(tmp_path_factory.mktemp("failure-modes-pg15"))
-    yield server
-    server.close()
+    with pg15.serving(tmp_path_factory.mktemp("failure-modes-pg15")) as server:
+        yield server
 
 
 @pytest.fixture
