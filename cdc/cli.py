@@ -194,9 +194,14 @@ async def _setup(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from cdc.pipeline.runner import run
+    from cdc.replication.leadership import instance_name
 
     # Counters' `_created` series only clutter dashboards; process-wide, so set here, once.
     disable_created_metrics()  # type: ignore[no-untyped-call]
+    # Every connection of this process names it in pg_stat_activity (libpq reads PGAPPNAME;
+    # an application_name in a DSN still wins): an operator, and `cdc status`, can tell which
+    # instance is which, and which one leads.
+    os.environ.setdefault("PGAPPNAME", f"wal2vec {instance_name()}"[:63])
     metrics, health, stop = Metrics(), Health(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

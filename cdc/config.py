@@ -235,6 +235,19 @@ class MetricsConfig(_Strict):
     poll_interval: float = Field(10.0, gt=0)
 
 
+class LeaderConfig(_Strict):
+    """Active/standby: instances of one configuration elect a leader (replication.leadership)."""
+
+    # Off only where a session-level advisory lock cannot be held (a transaction-pooling
+    # PgBouncer between wal2vec and the source); then run exactly one instance.
+    election: bool = True
+    # How long a leader that stopped answering (frozen, cut off) keeps the lead: the source
+    # ends its lock session after this many idle seconds (idle_session_timeout).
+    lease: float = Field(10.0, ge=2, le=600)
+    # Seconds between a standby's attempts to take the lead.
+    retry_interval: float = Field(1.0, gt=0, le=60)
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -254,6 +267,7 @@ class Settings(BaseSettings):
     buffer: BufferConfig = BufferConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
     metrics: MetricsConfig = MetricsConfig()
+    leader: LeaderConfig = LeaderConfig()
     log: LogConfig = LogConfig()
     # Seconds from SIGTERM/SIGINT to exit, whatever is buffered: below Kubernetes' default
     # 30 s grace period, so the pod is never SIGKILLed mid-write.

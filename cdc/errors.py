@@ -56,3 +56,12 @@ class ProtocolError(CdcError):
     """The replication stream carried something this decoder cannot read."""
 
     exit_code = 3
+
+
+class LeadershipLost(CdcError):
+    """Another instance leads the slot now: this one stops writing and stands by again.
+
+    Not retriable within a session: the runner goes back to the election, not to a restart.
+    """
+
+    exit_code = 3

@@ -107,6 +107,12 @@ class Metrics:
             registry=r,
         )
         self.up = Gauge("cdc_up", "1 while the streamer is connected and streaming", registry=r)
+        self.leader = Gauge(
+            "cdc_leader",
+            "1 while this instance leads its slot, 0 while it stands by for another",
+            ["slot"],
+            registry=r,
+        )
         Gauge(
             "cdc_replication_lag_bytes",
             "Server WAL position minus the confirmed flush LSN",
@@ -255,6 +261,7 @@ class Metrics:
             version=version, slot=settings.source.slot, model=settings.embedding.model
         ).set(1)
         self.buffer_max_rows.set(settings.buffer.max_rows)
+        self.leader.labels(slot=settings.source.slot).set(0)  # a standby until elected
         for table in (t.table for t in settings.tables):
             _touch(self.changes, [{"table": table, "op": op} for op in CHANGE_OPS])
             _touch(self.vectors_written, [{"table": table, "op": op} for op in WRITE_OPS])
@@ -301,10 +308,15 @@ class Health:
     Alive: the event loop answers (it serves these endpoints) and, while streaming, the reader's
     heartbeat is recent. The snapshot and the pauses between sessions have no heartbeat to
     miss; a pod restarted in the middle of a long snapshot would only take it again.
-    Ready: streaming, with the initial snapshot done.
+    Ready: streaming, with the initial snapshot done; or, on a standby, connected to the source
+    and able to take the lead (a standby is the pod's spare, not a fault: see the README).
     """
 
     def __init__(self) -> None:
+        # "leader" once this instance leads (and while election is off), "standby" while
+        # another does; None before the first election.
+        self.role: str | None = None
+        self.standby_connected = False
         self._streaming = False
         # Whether this process ever reached streaming: after that, outages are waited out.
         self.streaming_seen = False
@@ -333,7 +345,18 @@ class Health:
 
     @property
     def ready(self) -> bool:
+        if self.role == "standby":
+            return self.standby_connected
         return self._streaming and self.snapshot_done
+
+    def stand_by(self, *, connected: bool) -> None:
+        self.role = "standby"
+        self.standby_connected = connected
+        self.streaming = False
+
+    def lead(self) -> None:
+        self.role = "leader"
+        self.standby_connected = False
 
 
 async def serve_http(metrics: Metrics, health: Health, host: str, port: int) -> asyncio.Server:
@@ -379,7 +402,9 @@ def _respond(path: str, metrics: Metrics, health: Health) -> tuple[str, bytes, s
     if path == "/readyz":
         ok = health.ready
         if ok:
-            return _plain(True, b"ready\n")
+            return _plain(True, b"ready: standing by\n" if health.role == "standby" else b"ready\n")
+        if health.role == "standby":
+            return _plain(False, b"not ready: standing by, cannot reach the source\n")
         waiting = b"the initial snapshot" if not health.snapshot_done else b"the stream"
         return _plain(False, b"not ready: waiting for " + waiting + b"\n")
     return "404 Not Found", b"not found\n", "text/plain; charset=utf-8"

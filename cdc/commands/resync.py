@@ -70,7 +70,7 @@ async def resync_all(
         else:
             snapshot = SnapshotParts(settings, parts.sink, parts.applier, metrics, stop)
             checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
-            await parts.sink.state.mark_snapshot(done=True, checkpoint=checkpoint)
+            await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)
         say(f"resync complete; `cdc run` streams from slot {settings.source.slot}")
 
 
@@ -112,7 +112,7 @@ async def _rebuild(
     async with conn.transaction():
         for schema, table in live:
             await swap(conn, schema, table)
-        await sink.state.mark_snapshot(done=True, checkpoint=checkpoint)
+        await sink.mark_snapshot(done=True, checkpoint=checkpoint)
     log.info("the rebuilt tables are live; dropping the old ones")
     for schema, table in live:
         await retire(conn, schema, table)

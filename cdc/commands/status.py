@@ -10,7 +10,9 @@ from psycopg import sql
 from cdc.config import Settings
 from cdc.db import connect
 from cdc.errors import CdcError
+from cdc.replication.leadership import lock_holder
 from cdc.replication.slots import SlotInfo, StandbyCopy, slot_info, standby_copy
+from cdc.sink.fence import Term, latest_term
 from cdc.sink.reads import vector_counts
 from cdc.sink.schema import STATE_TABLE, SinkNames
 from cdc.sink.state import SinkState, forget_slot, table_exists
@@ -32,6 +34,8 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         has_dead = await table_exists(sink_conn, names.dead_letters)
         dead = await sink.reads.dead_letter_count() if has_dead else 0
         progress = await _progress(sink)
+        holder = await lock_holder(source, settings.source.slot)
+        term = await latest_term(sink_conn, names, settings.source.slot) if set_up else None
     finally:
         await source.close()
         await sink_conn.close()
@@ -57,6 +61,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "vectors": vectors,
         "dead_letters": dead,
         "snapshots": progress,
+        "leader": _leader(holder, term),
         "problems": problems,
         "healthy": not problems,
     }
@@ -65,6 +70,17 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     if next_step is not None:
         report["next_step"] = next_step
     return report
+
+
+def _leader(holder: str | None, term: Term | None) -> dict[str, Any]:
+    """The instance streaming: the session holding the leader lock now, and the latest term
+    the sink records (its instance's name and since when)."""
+    return {
+        "elected": holder is not None,
+        "session": holder,
+        "instance": term.leader if term else None,
+        "since": term.since.isoformat() if term else None,
+    }
 
 
 def _problems(
@@ -185,6 +201,7 @@ def render_status(report: dict[str, Any]) -> str:
         f"snapshot        {'done' if report['snapshot_done'] else 'not done'}",
         f"model           {model}",
         f"dead letters    {report['dead_letters']}",
+        f"leader          {_leader_words(report['leader'])}",
     ]
     if "failover" in report:
         lines.append(f"failover        {_failover_words(report['failover'])}")
@@ -197,6 +214,13 @@ def render_status(report: dict[str, Any]) -> str:
     if report.get("next_step"):
         lines.append(f"NEXT: {report['next_step']}")
     return "\n".join(lines)
+
+
+def _leader_words(leader: dict[str, Any]) -> str:
+    if not leader["elected"]:
+        last = leader["instance"] and f" (last: {leader['instance']}, since {leader['since']})"
+        return "none: no `cdc run` leads the slot" + (last or "")
+    return f"{leader['instance']} since {leader['since']}"
 
 
 def _failover_words(failover: dict[str, Any]) -> str:

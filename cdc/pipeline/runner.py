@@ -12,8 +12,10 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -22,17 +24,19 @@ from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.embedding.factory import ProviderFactory
 from cdc.embedding.providers import EmbeddingProvider
-from cdc.errors import CdcError, ConfigError, SourceUnavailable
+from cdc.errors import CdcError, ConfigError, LeadershipLost, SourceUnavailable
 from cdc.metrics import Health, Metrics
 from cdc.pipeline.flow import Session
 from cdc.pipeline.heap import release_free_memory
 from cdc.pipeline.monitor import observing
 from cdc.pipeline.streamer import Streamer
+from cdc.replication.leadership import Leadership, instance_name
 from cdc.replication.plugins import OutputPlugin
 from cdc.replication.positions import Position
 from cdc.replication.reconnect import ReconnectBackoff
 from cdc.replication.slots import SlotInfo, check_slot_usable, slot_info
 from cdc.replication.stream import ReplicationStream, SlotSpec
+from cdc.sink.fence import claim_term
 from cdc.sink.migrations import TypeWatch
 from cdc.sink.provision import check_sink_shape, ensure, ensure_indexes
 from cdc.sink.schema import SinkNames
@@ -59,25 +63,82 @@ async def run(
     *,
     exit_when_resynced: bool = False,
 ) -> None:
-    """Stream until `stop`; with `exit_when_resynced`, until no per-table resync is left."""
+    """Stream until `stop`; with `exit_when_resynced`, until no per-table resync is left.
+
+    With `leader.election` (the default) the instance first takes the lead of its slot, or
+    stands by until it can (`cdc.replication.leadership`).
+    """
+    job = _Job(settings, make_provider, metrics, health, stop, exit_when_resynced)
     async with observing(settings, metrics, health):
-        await _run_sessions(settings, make_provider, metrics, health, stop, exit_when_resynced)
+        if settings.leader.election:
+            await _lead_when_elected(job)
+        else:
+            health.lead()
+            metrics.leader.labels(slot=settings.source.slot).set(1)
+            await _run_sessions(job, leader=None)
 
 
-async def _run_sessions(  # noqa: PLR0917
-    settings: Settings,
-    make_provider: ProviderFactory,
-    metrics: Metrics,
-    health: Health,
-    stop: asyncio.Event,
-    exit_when_resynced: bool,
-) -> None:
+@dataclass(frozen=True)
+class _Job:
+    """What every session of one `run` is started with."""
+
+    settings: Settings
+    make_provider: ProviderFactory
+    metrics: Metrics
+    health: Health
+    stop: asyncio.Event
+    exit_when_resynced: bool
+
+
+async def _lead_when_elected(job: _Job) -> None:
+    """Stand by until elected, lead until stopped; stand by again if the lead is lost."""
+    settings, health = job.settings, job.health
+    slot = settings.source.slot
+    leadership = Leadership(settings, instance_name())
+    gauge = job.metrics.leader.labels(slot=slot)
+    gauge.set(0)
+    try:
+        while await leadership.acquire(job.stop, health):
+            log.info("leading slot %s as %s", slot, leadership.instance)
+            health.lead()
+            gauge.set(1)
+            try:
+                async with leadership.leading() as keeper:
+                    await _until_lost(_run_sessions(job, leader=leadership.instance), keeper)
+                return
+            except LeadershipLost as lost:
+                log.warning("%s", lost.message)
+            gauge.set(0)
+            health.stand_by(connected=False)
+    finally:
+        gauge.set(0)
+        await leadership.close()
+
+
+async def _until_lost(sessions: Coroutine[Any, Any, None], keeper: asyncio.Task[None]) -> None:
+    """Run `sessions` until they end; cancel them, and raise, if `keeper` fails first."""
+    work = asyncio.create_task(sessions, name="sessions")
+    try:
+        await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if work.done() and not work.cancelled():
+        work.result()  # the sessions' own end, or their error
+        return
+    keeper.result()  # raises LeadershipLost
+
+
+async def _run_sessions(job: _Job, leader: str | None) -> None:
+    health, stop = job.health, job.stop
     backoff = ReconnectBackoff(cap=MAX_BACKOFF)
     streamed_once = False
     while not stop.is_set():
         started = time.monotonic()
         try:
-            await _session(settings, make_provider, metrics, health, stop, exit_when_resynced)
+            await _session(job, leader)
             return
         except ResyncRequested as request:
             log.info("%s", request.message)
@@ -99,13 +160,20 @@ async def _run_sessions(  # noqa: PLR0917
 
 
 def _promotion_likely(error: Exception) -> bool:
-    """The only server that answered is a standby: a failover is probably under way, and the
-    new primary is worth looking for every second rather than after a growing backoff."""
+    """The only server that answered is a standby (a failover is probably under way), or the
+    slot is still held by an earlier leader's reader: either passes in moments, so look every
+    second rather than after a growing backoff."""
     text = str(error)
     return any(sign in text for sign in _STANDBY_SIGNS)
 
 
-_STANDBY_SIGNS = ("session is read-only", "is a standby (in recovery)", "in hot standby mode")
+_STANDBY_SIGNS = (
+    "session is read-only",
+    "is a standby (in recovery)",
+    "in hot standby mode",
+    # An earlier leader's walsender, ended by this leader, has not exited yet.
+    "is active for PID",
+)
 
 
 def _streamed_for(health: Health, session_started: float) -> float:
@@ -153,13 +221,22 @@ async def open_parts(
     metrics: Metrics,
     *,
     check_model: bool = True,
+    leader: str | None = None,
 ) -> Parts:
+    """Connect, check and set up what a session needs. A `leader` first claims a term in the
+    sink (`cdc.sink.fence`), so the state it reads next is final."""
     source = await connect(settings.source.dsn, "source")
     stack.push_async_callback(source.close)
     sink_conn = await connect(settings.sink_dsn, "sink")
     stack.push_async_callback(sink_conn.close)
     tables = await ensure(settings, source, sink_conn, indexes=False, check_shape=False)
-    sink = await Sink.connect(sink_conn, settings)
+    fence = None
+    if leader is not None:
+        names = SinkNames.of(settings)
+        fence = await claim_term(
+            sink_conn, names, settings.source.slot, leader, patience=settings.leader.lease
+        )
+    sink = await Sink.connect(sink_conn, settings, fence=fence)
     state = await sink.state.load()
     if check_model:
         # The model first: when it changed, that is the news, not the dimensions with it.
@@ -211,21 +288,16 @@ async def snapshot_if_needed(parts: Parts, metrics: Metrics, stop: asyncio.Event
     await watch.record(parts.source, parts.tables)
     snapshot = SnapshotParts(parts.settings, parts.sink, parts.applier, metrics, stop)
     checkpoint = await take_snapshot(snapshot, parts.stream, parts.tables)
-    await parts.sink.state.mark_snapshot(done=True, checkpoint=checkpoint)
+    await parts.sink.mark_snapshot(done=True, checkpoint=checkpoint)
     release_free_memory()
     return Position(checkpoint)
 
 
-async def _session(  # noqa: PLR0917
-    settings: Settings,
-    make_provider: ProviderFactory,
-    metrics: Metrics,
-    health: Health,
-    stop: asyncio.Event,
-    exit_when_resynced: bool,
-) -> None:
+async def _session(job: _Job, leader: str | None) -> None:
+    settings, metrics, health, stop = job.settings, job.metrics, job.health, job.stop
+    exit_when_resynced = job.exit_when_resynced
     async with AsyncExitStack() as stack:
-        parts = await open_parts(stack, settings, make_provider, metrics)
+        parts = await open_parts(stack, settings, job.make_provider, metrics, leader=leader)
         checkpoint = await snapshot_if_needed(parts, metrics, stop)
         health.snapshot_done = True
         tables = {t.name: t for t in parts.tables}

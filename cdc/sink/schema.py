@@ -90,7 +90,11 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
             # A transaction applied in part (too large for the buffer): its commit LSN and
             # how many of its changes the sink holds.
             "    partial_commit_lsn pg_lsn,\n"
-            "    partial_changes bigint NOT NULL DEFAULT 0\n"
+            "    partial_changes bigint NOT NULL DEFAULT 0,\n"
+            # The instance leading the slot and its term's token (`cdc.sink.fence`).
+            "    leader text,\n"
+            "    leader_token uuid,\n"
+            "    leader_since timestamptz\n"
             ")"
         ).format(names.state),
         sql.SQL(
@@ -150,6 +154,16 @@ def state_upgrades(names: SinkNames) -> list[tuple[sql.Identifier, str, sql.Comp
             sql.SQL(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS partial_commit_lsn pg_lsn, "
                 "ADD COLUMN IF NOT EXISTS partial_changes bigint NOT NULL DEFAULT 0"
+            ).format(names.state),
+        ),
+        # The leader's term (`cdc.sink.fence`).
+        (
+            names.state,
+            "leader_token",
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS leader text, "
+                "ADD COLUMN IF NOT EXISTS leader_token uuid, "
+                "ADD COLUMN IF NOT EXISTS leader_since timestamptz"
             ).format(names.state),
         ),
     ]

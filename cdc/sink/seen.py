@@ -46,7 +46,7 @@ class SeenKeys:
         targets = [self._sink.targets.of_table(t) for t in source_tables]
         targets.append(self._sink.names.dead_letters)
         unique = list({target.as_string(): target for target in targets}.values())
-        async with conn.transaction():
+        async with self._sink.writer.fenced():  # a write like any other: in the term
             for target in unique:
                 query = sql.SQL(
                     "DELETE FROM {} AS s WHERE s.source_table = ANY(%s) AND NOT EXISTS "

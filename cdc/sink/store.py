@@ -10,6 +10,8 @@ from pgvector.psycopg import register_vector_async
 
 from cdc.config import Settings
 from cdc.db import Conn
+from cdc.replication.lsn import Lsn
+from cdc.sink.fence import Fence, writer_lock_name
 from cdc.sink.progress import ProgressStore
 from cdc.sink.reads import SinkReads
 from cdc.sink.schema import SinkNames
@@ -22,7 +24,11 @@ class Sink:
     """The sink parts on one connection; `targets` redirects source tables (a rebuild)."""
 
     def __init__(
-        self, conn: Conn, settings: Settings, targets: dict[str, tuple[str, str]] | None = None
+        self,
+        conn: Conn,
+        settings: Settings,
+        targets: dict[str, tuple[str, str]] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.connection = conn
         self.settings = settings
@@ -39,18 +45,29 @@ class Sink:
             self.state,
             self.progress,
             settings.embedding.model,
-            lock_name=f"wal2vec writer {settings.sink.schema_} {slot}",
+            lock_name=writer_lock_name(settings.sink.schema_, slot),
+            fence=fence,
         )
+        self.fence = fence
 
     @classmethod
     async def connect(
-        cls, conn: Conn, settings: Settings, targets: dict[str, tuple[str, str]] | None = None
+        cls,
+        conn: Conn,
+        settings: Settings,
+        targets: dict[str, tuple[str, str]] | None = None,
+        fence: Fence | None = None,
     ) -> Sink:
         await register_vector_async(conn)
-        sink = cls(conn, settings, targets)
+        sink = cls(conn, settings, targets, fence)
         sink.writer.dead_letters_present = await sink.reads.dead_letter_count() > 0
         return sink
 
     async def sibling(self, conn: Conn) -> Sink:
-        """A sink like this one (same tables) on another connection."""
-        return await Sink.connect(conn, self.settings, dict(self.targets.mapping))
+        """A sink like this one (same tables, same term) on another connection."""
+        return await Sink.connect(conn, self.settings, dict(self.targets.mapping), self.fence)
+
+    async def mark_snapshot(self, *, done: bool, checkpoint: Lsn | None) -> None:
+        """`StateStore.mark_snapshot`, in the leader's term like every other write."""
+        async with self.writer.fenced():
+            await self.state.mark_snapshot(done=done, checkpoint=checkpoint)

@@ -18,6 +18,7 @@ from cdc.embedding.providers import Vector
 from cdc.replication.lsn import lsn_text
 from cdc.replication.positions import Position
 from cdc.rows import ChunkWork, RowState, SourceKey
+from cdc.sink.fence import Fence
 from cdc.sink.progress import ProgressStore, ResyncPosition
 from cdc.sink.schema import SinkNames
 from cdc.sink.state import StateStore
@@ -71,6 +72,7 @@ class SinkWriter:
         progress: ProgressStore,
         model: str,
         lock_name: str,
+        fence: Fence | None = None,
     ) -> None:
         self._conn = conn
         self._names = names
@@ -81,6 +83,9 @@ class SinkWriter:
         # Serializes writers of this slot's sink that did not come through its stream: see
         # `writer_lock`.
         self._lock_name = lock_name
+        # A leader's term: checked in every write (`cdc.sink.fence`); None for the commands
+        # that write without leading (`dead-letters retry`, `verify --repair`).
+        self._fence = fence
         self.dead_letters_present = True
 
     async def write(self, batch: SinkWrite) -> None:
@@ -93,10 +98,7 @@ class SinkWriter:
         """
         if batch.is_empty() and not self._state.must_save(batch.checkpoint):
             return
-        async with self._conn.transaction():
-            await self._conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_name,)
-            )
+        async with self.fenced():
             await self._truncate(batch.truncated)
             await self._remove(batch.remove)
             await self._trim(batch.trim)
@@ -107,6 +109,22 @@ class SinkWriter:
             await self._progress.save_positions(batch.positions)
             if batch.checkpoint is not None:
                 await self._state.save_checkpoint(batch.checkpoint)
+
+    @asynccontextmanager
+    async def fenced(self) -> AsyncIterator[None]:
+        """A transaction holding this slot's writer lock, in the leader's term if it has one.
+
+        The lock first, the term's check after it, in two statements: under READ COMMITTED
+        each statement reads what was committed when it began, and only once the lock is held
+        has every claim that could end the term committed.
+        """
+        async with self._conn.transaction():
+            await self._conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_name,)
+            )
+            if self._fence is not None:
+                await self._fence.check(self._conn)
+            yield
 
     @asynccontextmanager
     async def writer_lock(self) -> AsyncIterator[None]:

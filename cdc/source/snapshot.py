@@ -66,7 +66,7 @@ async def take_snapshot(
     sink, settings = parts.sink, parts.settings
     created = stream.create_slot()
     log.info("created slot at %s; snapshot %s", created.consistent_point, created.snapshot_name)
-    await sink.state.mark_snapshot(done=False, checkpoint=None)
+    await sink.mark_snapshot(done=False, checkpoint=None)
     deferred = await defer_indexes(sink.connection, sink.targets.names([t.name for t in tables]))
     seen = SeenKeys(sink)
     await seen.start()

@@ -167,9 +167,11 @@ def test_wal2vec_is_a_native_sidecar_after_its_setup(rendered: list[dict[str, An
     assert sidecar["args"] == ["run"] and sidecar["restartPolicy"] == "Always"
     assert setup["image"] == sidecar["image"]
     deployment = one(rendered, "Deployment")
-    # One slot, one reader: a second pod would wait on the slot (see deployment.yaml).
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Replicas elect one leader; a rolling update keeps one running (see deployment.yaml).
+    assert deployment["spec"]["replicas"] >= 2
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
     assert spec["enableServiceLinks"] is False
 
 

@@ -38,6 +38,7 @@ EXPECTED = [
     ("cdc_slot_retained_wal_bytes", "gauge", set()),
     ("cdc_snapshot_rows", "counter", {"table"}),
     ("cdc_up", "gauge", set()),
+    ("cdc_leader", "gauge", {"slot"}),
     # Added for operators.
     ("cdc_info", "gauge", {"version", "slot", "model"}),
     ("cdc_server_lsn", "gauge", set()),
