@@ -117,13 +117,14 @@ class Fleet:
 
     # -- placing requests ------------------------------------------------------------------
 
-    def acquire(self, now: float) -> Ticket | None:
+    def acquire(self, now: float, *, may_probe: bool = True) -> Ticket | None:
         """A place for one request now, or None: see `next_opening` for how long to wait.
 
         A due probe goes first: it is the only way an endpoint comes back, and one request
-        is all it risks.
+        is all it risks. A request that has just failed passes `may_probe=False` while an
+        endpoint is in rotation: it goes on to a healthy one, not to another failing one.
         """
-        probe = self._due_probe(now)
+        probe = self._due_probe(now) if may_probe or not self.any_up() else None
         if probe is not None:
             endpoint = self._endpoints[probe]
             endpoint.probing = True

@@ -275,13 +275,15 @@ class OpenAIProvider:
         while True:
             tally.requests += 1
             last = attempt + 1 >= self._retry.max_attempts
-            ticket = await self._place(tokens)
+            ticket = await self._place(tokens, may_probe=failures == 0)
             outcome = await self._attempt(ticket, batch, last)
             name = self._services[ticket.index].name
             if isinstance(outcome, _Failure):
                 failures += 1
                 if self._fleet.any_up() and failures < most_failures:
-                    logger.debug("embedding request to %s failed (%s): sent on", name, outcome)
+                    logger.debug(
+                        "embedding request to %s failed (%s): sent on", name, outcome.reason
+                    )
                     continue
                 attempt += 1
                 self._wait_for_a_comeback(attempt, name, outcome.reason, spent=last)
@@ -298,12 +300,13 @@ class OpenAIProvider:
                 return _Partial(outcome.vectors, outcome.faults)
             return [vector for vector in outcome.vectors if vector is not None]
 
-    async def _place(self, tokens: int) -> Ticket:
-        """Wait for the token budget, then for a place on an endpoint."""
+    async def _place(self, tokens: int, *, may_probe: bool) -> Ticket:
+        """Wait for the token budget, then for a place on an endpoint (a probe only if
+        `may_probe`, or when every endpoint is out)."""
         await self._admit(tokens)
         while True:
             now = time.monotonic()
-            ticket = self._fleet.acquire(now)
+            ticket = self._fleet.acquire(now, may_probe=may_probe)
             if ticket is not None:
                 return ticket
             wait, throttled = self._fleet.next_opening(now), self._fleet.throttled(now)

@@ -143,6 +143,23 @@ def test_retry_after_is_a_floor_for_the_backoff() -> None:
     assert f.next_opening(1.0) == pytest.approx(9.0)
 
 
+def test_a_request_that_just_failed_goes_to_a_healthy_endpoint_not_a_probe() -> None:
+    f = fleet(count=2)
+    f.failed(Ticket(0), 0.0, rand=0.0)  # out, but due for a probe at once
+    assert take_without_probe(f).index == 1
+    assert f.acquire(0.0) == Ticket(0, probe=True)  # a fresh request probes
+    # With every endpoint out, even a request that just failed must probe.
+    g = fleet(count=1)
+    g.failed(Ticket(0), 0.0, rand=0.0)
+    assert g.acquire(0.0, may_probe=False) == Ticket(0, probe=True)
+
+
+def take_without_probe(f: Fleet) -> Ticket:
+    ticket = f.acquire(0.0, may_probe=False)
+    assert ticket is not None and not ticket.probe
+    return ticket
+
+
 def test_a_cancelled_probe_lets_another_go() -> None:
     f = fleet(count=1)
     f.failed(take(f), 0.0, rand=HALF)
