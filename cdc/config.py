@@ -485,4 +485,19 @@ def known_secrets(settings: Settings | None, environ: Mapping[str, str]) -> list
         values += [dsn_password(settings.source.dsn), dsn_password(settings.sink.dsn)]
         key = settings.embedding.api_key
         values.append(key.get_secret_value() if key is not None else None)
+        values += [_url_password(url) for url in _endpoint_urls(settings.embedding.base_url)]
     return [value for value in values if value]
+
+
+def _endpoint_urls(base_url: str | list[str] | None) -> list[str]:
+    if base_url is None:
+        return []
+    return [base_url] if isinstance(base_url, str) else list(base_url)
+
+
+def _url_password(url: str) -> str | None:
+    """The password of an endpoint URL's user part (http://user:PASSWORD@host/...)."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None

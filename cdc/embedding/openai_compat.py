@@ -286,7 +286,7 @@ class OpenAIProvider:
                     )
                     continue
                 attempt += 1
-                self._wait_for_a_comeback(attempt, name, outcome.reason, spent=last)
+                self._wait_for_a_comeback(attempt, name, outcome.reason)
                 continue
             if isinstance(outcome, Rejected):
                 return outcome
@@ -453,10 +453,10 @@ class OpenAIProvider:
         if self._on_request is not None:
             self._on_request(label, time.monotonic() - started, endpoint)
 
-    def _wait_for_a_comeback(self, attempt: int, name: str, failure: str, *, spent: bool) -> None:
+    def _wait_for_a_comeback(self, attempt: int, name: str, failure: str) -> None:
         """Every endpoint is out: give up when the attempts are spent, else say how long
         until the first one may be probed (`_place` waits for it)."""
-        if spent:
+        if attempt >= self._retry.max_attempts:
             raise EmbeddingUnavailable(self._exhausted(attempt, name, failure))
         wait = self._fleet.next_opening(time.monotonic()) or 0.0
         logger.warning(
