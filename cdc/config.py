@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -81,7 +82,10 @@ class EmbeddingConfig(_Strict):
     provider: Literal["openai", "local"] = "openai"
     model: str = "text-embedding-3-small"
     dimensions: int = Field(1536, ge=1, le=16000)
-    base_url: str | None = None
+    # An OpenAI-compatible endpoint (Azure, vLLM, TEI, Ollama...), or a list of endpoints
+    # serving the same model (a fleet): each request goes to the one with the fewest in
+    # flight, and one that fails is left out until a probe succeeds. Default: OpenAI's API.
+    base_url: str | list[str] | None = None
     api_key: SecretStr | None = None
     batch_size: int = Field(2048, ge=1, le=2048)
     timeout: float = Field(60.0, gt=0)
@@ -93,9 +97,11 @@ class EmbeddingConfig(_Strict):
     # tiktoken encoding that counts tokens (provider openai); default: the model's, else
     # cl100k_base. A local model counts with its own tokenizer.
     tokenizer: str | None = None
-    # Embedding requests in flight at once (the sink still writes batches in commit order).
+    # Embedding requests in flight at once on each endpoint (the sink still writes batches in
+    # commit order).
     concurrency: int = Field(4, ge=1, le=64)
-    # Optional budget shared by all requests, for accounts with a low tokens-per-minute limit.
+    # Optional budget shared by all requests (and all endpoints: it is the account's), for
+    # accounts with a low tokens-per-minute limit.
     tokens_per_minute: int | None = Field(None, ge=1)
     # Azure OpenAI's classic deployment endpoints: the API version (e.g. 2024-10-21), with
     # base_url the resource (https://NAME.openai.azure.com) and model the deployment name.
@@ -106,6 +112,19 @@ class EmbeddingConfig(_Strict):
     # What a million input tokens cost, for `cdc estimate`. Default: OpenAI's list price for
     # its embedding models (US dollars), 0 for provider local, else unknown (None).
     price_per_million_tokens: float | None = Field(None, ge=0)
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _url_or_urls(cls, value: Any) -> Any:
+        """A URL or a list of them; said plainly, not as each member of the union failing."""
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("give a URL, or a list of URLs of endpoints serving the same model")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f"entry [{index}] is a {type(item).__name__}, not a URL")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -395,6 +414,7 @@ def _describe(error: ValidationError, origin: str) -> str:
 def _check_consistency(settings: Settings) -> None:
     check_dsn("source.dsn", settings.source.dsn)
     check_dsn("sink.dsn", settings.sink.dsn)
+    _check_endpoints(settings.embedding.base_url)
     limit = HNSW_MAX_DIMENSIONS[settings.sink.vector_type]
     if settings.embedding.dimensions > limit:
         raise ConfigError(
@@ -410,6 +430,40 @@ def _check_consistency(settings: Settings) -> None:
         if len(set(table.columns)) != len(table.columns):  # a template may repeat a column
             raise ConfigError(f"tables.{index}.columns: a column is listed twice")
         _check_chunking(settings.embedding, table, index)
+
+
+def _check_endpoints(base_url: str | list[str] | None) -> None:
+    """A list of endpoints: each an http(s) URL with a host, none twice. (A single URL is
+    taken as given, as it always was.) Messages never quote a URL: it may hold a password."""
+    if not isinstance(base_url, list):
+        return
+    if not base_url:
+        raise ConfigError(
+            "embedding.base_url is an empty list: name at least one endpoint, or leave it "
+            "out for OpenAI's API"
+        )
+    seen: dict[str, int] = {}
+    for index, url in enumerate(base_url):
+        key = f"embedding.base_url[{index}]"
+        if not _is_http_url(url):
+            raise ConfigError(
+                f"{key} is not an http:// or https:// URL with a host, e.g. http://vllm-1:8000/v1"
+            )
+        normal = url.rstrip("/")
+        if normal in seen:
+            raise ConfigError(
+                f"{key} repeats embedding.base_url[{seen[normal]}]: list each endpoint once"
+            )
+        seen[normal] = index
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number, or out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _check_chunking(embedding: EmbeddingConfig, table: TableConfig, index: int) -> None:
@@ -445,4 +499,19 @@ def known_secrets(settings: Settings | None, environ: Mapping[str, str]) -> list
         values += [dsn_password(settings.source.dsn), dsn_password(settings.sink.dsn)]
         key = settings.embedding.api_key
         values.append(key.get_secret_value() if key is not None else None)
+        values += [_url_password(url) for url in _endpoint_urls(settings.embedding.base_url)]
     return [value for value in values if value]
+
+
+def _endpoint_urls(base_url: str | list[str] | None) -> list[str]:
+    if base_url is None:
+        return []
+    return [base_url] if isinstance(base_url, str) else list(base_url)
+
+
+def _url_password(url: str) -> str | None:
+    """The password of an endpoint URL's user part (http://user:PASSWORD@host/...)."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None

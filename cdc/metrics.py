@@ -220,13 +220,21 @@ class Metrics:
             ["table", "reason"],
             registry=r,
         )
+        # `endpoint` is host[:port] (never a path or key): one series per endpoint of a fleet.
         self.embedding_requests = Counter(
             "cdc_embedding_requests",
-            "Embedding API requests by outcome: ok, the HTTP status, timeout or connection",
-            ["status"],
+            "Embedding API requests by outcome (ok, the HTTP status, timeout or connection) "
+            "and endpoint (host[:port])",
+            ["status", "endpoint"],
             registry=r,
         )
-        _touch(self.embedding_requests, [{"status": status} for status in REQUEST_OUTCOMES])
+        self.embedding_endpoint_up = Gauge(
+            "cdc_embedding_endpoint_up",
+            "1 while the embedding endpoint (host[:port]) is in rotation, 0 while it is out "
+            "after a failure, until a probe succeeds",
+            ["endpoint"],
+            registry=r,
+        )
         self.embedding_retries = Counter(
             "cdc_embedding_retries",
             "Embedding requests that failed transiently (429, 5xx, timeout, connection) and "
@@ -244,7 +252,8 @@ class Metrics:
         )
         self.embedding_request_seconds = Histogram(
             "cdc_embedding_request_seconds",
-            "Embedding API request latency",
+            "Embedding API request latency by endpoint (host[:port])",
+            ["endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -271,12 +280,23 @@ class Metrics:
             self.dead_letter_rows.labels(table=table)
             _touch(self.snapshot_rows, [{"table": table}])
 
-    def record_request(self, status: str, seconds: float) -> None:
-        """The provider's `on_request` callback: one HTTP request and how it ended."""
-        self.embedding_requests.labels(status=status).inc()
-        self.embedding_request_seconds.observe(seconds)
+    def record_request(self, status: str, seconds: float, endpoint: str) -> None:
+        """The provider's `on_request` callback: one HTTP request, how it ended, and the
+        endpoint (host[:port]) it went to."""
+        self.embedding_requests.labels(status=status, endpoint=endpoint).inc()
+        self.embedding_request_seconds.labels(endpoint=endpoint).observe(seconds)
         if status in _RETRIED_OTHER or status in _RETRIED_HTTP or status.startswith("5"):
             self.embedding_retries.inc()
+
+    def record_endpoint(self, endpoint: str, up: bool) -> None:
+        """The provider's `on_endpoint` callback: an embedding endpoint in rotation or out.
+        The first report of an endpoint creates its request series at 0."""
+        _touch(
+            self.embedding_requests,
+            [{"status": status, "endpoint": endpoint} for status in REQUEST_OUTCOMES],
+        )
+        self.embedding_request_seconds.labels(endpoint=endpoint)
+        self.embedding_endpoint_up.labels(endpoint=endpoint).set(1 if up else 0)
 
     def record_slot(self, wal_status: str | None, active: bool) -> None:
         """The slot's state as the server reports it; `wal_status` None when it is missing."""

@@ -25,6 +25,8 @@ from cdc.metrics import Metrics
 # How the streaming path, resync and the repairing commands are given a provider: they build it
 # when (and in the thread) they need it, reporting to the metrics they were handed.
 ProviderFactory = Callable[[Settings, Metrics | None], EmbeddingProvider]
+# The `endpoint` label of the local model's requests.
+LOCAL_ENDPOINT = "local"
 
 
 def make_provider(settings: Settings, metrics: Metrics | None = None) -> EmbeddingProvider:
@@ -32,7 +34,7 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
     if settings.embedding.provider == "local":
         from cdc.embedding.local import make_local_provider
 
-        return make_local_provider(settings, metrics.record_request if metrics else None)
+        return make_local_provider(settings, _local_requests(metrics))
     embedding = settings.embedding
     return OpenAIProvider(
         model=embedding.model,
@@ -49,7 +51,20 @@ def make_provider(settings: Settings, metrics: Metrics | None = None) -> Embeddi
         api_version=embedding.api_version,
         send_dimensions=embedding.send_dimensions,
         on_throttle=metrics.embedding_throttled_seconds.inc if metrics else None,
+        on_endpoint=metrics.record_endpoint if metrics else None,
     )
+
+
+def _local_requests(metrics: Metrics | None) -> Callable[[str, float], None] | None:
+    """The local model's batches, counted as requests to an endpoint named `local`."""
+    if metrics is None:
+        return None
+    metrics.record_endpoint(LOCAL_ENDPOINT, True)
+
+    def record(status: str, seconds: float) -> None:
+        metrics.record_request(status, seconds, LOCAL_ENDPOINT)
+
+    return record
 
 
 def request_count(settings: Settings, token_counts: Sequence[int]) -> int:

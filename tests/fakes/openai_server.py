@@ -1,11 +1,12 @@
 """A small OpenAI-compatible embeddings server for tests and benchmarks.
 
-It answers `POST /v1/embeddings` (and `/embeddings`) over real HTTP/1.1 on 127.0.0.1 with the
-OpenAI response shape, so the real `openai` client talks to it unchanged. Failures are injected
-from the test while it runs (`fail_next`, `reject_inputs_containing`, `latency`,
-`latency_spread`, `max_inputs`, `max_tokens`, `max_input_tokens`, `headers`, `wrong_dimensions`,
-`reverse_order`, `malform_next`, `nan_for_inputs_containing`) and everything it received is
-observable (`requests`, `connections`, `inputs`, `request_log`, `violations`, `max_in_flight`).
+It answers `POST /v1/embeddings` (also under a gateway's prefix, and `/embeddings`) over real
+HTTP/1.1 on 127.0.0.1 with the OpenAI response shape, so the real `openai` client talks to it
+unchanged. Failures are injected from the test while it runs (`fail_next`,
+`reject_inputs_containing`, `latency`, `latency_spread`, `max_inputs`, `max_tokens`,
+`max_input_tokens`, `headers`, `wrong_dimensions`, `reverse_order`, `malform_next`,
+`nan_for_inputs_containing`) and everything it received is observable (`requests`,
+`connections`, `inputs`, `request_log`, `violations`, `max_in_flight`).
 
 Embeddings are deterministic and meaningful: a normalized signed bag-of-words hashing vector, so
 texts sharing words are close in cosine distance, plus a tiny per-text term so distinct texts
@@ -703,7 +704,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         # OpenAI's path, or Azure OpenAI's per-deployment one (its version in the query).
         azure = re.fullmatch(r"/openai/deployments/[^/]+/embeddings", path) is not None
-        if path not in ("/v1/embeddings", "/embeddings") and not azure:
+        # Also under a prefix, as behind a gateway that routes by path (/route/NAME/v1/...).
+        routed = path.endswith("/v1/embeddings")
+        if path != "/embeddings" and not routed and not azure:
             self._send(404, {}, _error_body(f"Unknown path {path}", None, "not_found"))
             return
         try:

@@ -46,10 +46,12 @@ class Attempts:
     def __init__(self) -> None:
         self.labels: list[str] = []
         self.seconds: list[float] = []
+        self.endpoints: list[str] = []
 
-    def __call__(self, label: str, seconds: float) -> None:
+    def __call__(self, label: str, seconds: float, endpoint: str) -> None:
         self.labels.append(label)
         self.seconds.append(seconds)
+        self.endpoints.append(endpoint)
 
 
 def make_provider(base_url: str, **overrides: Any) -> OpenAIProvider:

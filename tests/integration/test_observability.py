@@ -299,7 +299,9 @@ def check_metrics_endpoint(deployment: Deployment, process: CdcProcess) -> None:
     assert value("cdc_dead_letters_total", table=table) == 1
     assert value("cdc_embeddings_skipped_total", table=table, reason="unchanged") >= 10
     assert value("cdc_vectors_written_total", table=table, op="delete") >= 5
-    assert value("cdc_embedding_requests_total", status="500") == 1
+    endpoint = urllib.parse.urlsplit(deployment.base_url).netloc  # host:port, as labelled
+    assert value("cdc_embedding_requests_total", status="500", endpoint=endpoint) == 1
+    assert value("cdc_embedding_endpoint_up", endpoint=endpoint) == 1
     assert value("cdc_embedding_retries_total") >= 1
     assert value("cdc_slot_active") == 1
     assert value("cdc_slot_wal_status", status="reserved") == 1

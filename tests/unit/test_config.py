@@ -137,3 +137,62 @@ def test_provider_local_keeps_what_is_given(tmp_path: Path) -> None:
         768,
         400,
     )
+
+
+FLEET = (
+    BASE
+    + """embedding:
+  base_url:
+    - http://vllm-0:8000/v1
+    - http://vllm-1:8000/v1
+    - https://vllm-2.internal/v1
+"""
+)
+
+
+def test_base_url_may_list_a_fleet_of_endpoints(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, FLEET), {})
+    assert settings.embedding.base_url == [
+        "http://vllm-0:8000/v1",
+        "http://vllm-1:8000/v1",
+        "https://vllm-2.internal/v1",
+    ]
+    single = load_config(write(tmp_path, BASE + "embedding:\n  base_url: http://tei/v1\n"), {})
+    assert single.embedding.base_url == "http://tei/v1"
+
+
+def test_base_url_from_the_environment_one_url_or_a_json_list(tmp_path: Path) -> None:
+    path = write(tmp_path, FLEET)
+    one = load_config(path, {"CDC_EMBEDDING__BASE_URL": "http://other:9000/v1"})
+    assert one.embedding.base_url == "http://other:9000/v1"
+    many = load_config(path, {"CDC_EMBEDDING__BASE_URL": '["http://a:1/v1", "http://b:2/v1"]'})
+    assert many.embedding.base_url == ["http://a:1/v1", "http://b:2/v1"]
+
+
+@pytest.mark.parametrize(
+    ("urls", "error"),
+    [
+        ("[]", r"embedding\.base_url is an empty list"),
+        ('["http://a/v1", "http://b/v1", "vllm:8000/v1"]', r"embedding\.base_url\[2\] is not an"),
+        ('["http://a/v1", "ftp://b/v1"]', r"embedding\.base_url\[1\] is not an"),
+        ('["http://a:99999/v1"]', r"embedding\.base_url\[0\] is not an"),
+        (
+            '["http://a/v1", "http://b/v1", "http://a/v1/"]',
+            r"base_url\[2\] repeats .*base_url\[0\]",
+        ),
+        ('["http://a/v1", 3]', r"embedding\.base_url: entry \[1\] is a int, not a URL"),
+        ("3", r"embedding\.base_url: give a URL, or a list of URLs"),
+    ],
+)
+def test_a_bad_endpoint_in_the_list_is_named(tmp_path: Path, urls: str, error: str) -> None:
+    text = BASE + f"embedding:\n  base_url: {urls}\n"
+    with pytest.raises(ConfigError, match=error) as caught:
+        load_config(write(tmp_path, text), {})
+    assert "ftp://" not in str(caught.value)  # URLs are not quoted: they may hold a password
+
+
+def test_a_url_with_a_password_is_never_quoted(tmp_path: Path) -> None:
+    text = BASE + 'embedding:\n  base_url: ["http://u:hunter2@a/v1", "http:/hunter2"]\n'
+    with pytest.raises(ConfigError, match=r"base_url\[1\]") as caught:
+        load_config(write(tmp_path, text), {})
+    assert "hunter2" not in str(caught.value)

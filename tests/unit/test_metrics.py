@@ -17,6 +17,7 @@ from cdc.replication.lsn import Lsn
 from cdc.replication.slots import SlotSample
 
 TABLE = "public.articles"
+ENDPOINT = "127.0.0.1:8001"
 
 # (family name as the parser gives it, type, label names): interface.md's metrics first.
 EXPECTED = [
@@ -25,10 +26,10 @@ EXPECTED = [
     ("cdc_changes", "counter", {"table", "op"}),
     ("cdc_embeddings", "counter", {"table"}),
     ("cdc_embeddings_skipped", "counter", {"table", "reason"}),
-    ("cdc_embedding_requests", "counter", {"status"}),
+    ("cdc_embedding_requests", "counter", {"status", "endpoint"}),
     ("cdc_embedding_tokens", "counter", set()),
     ("cdc_embedding_throttled_seconds", "counter", set()),
-    ("cdc_embedding_request_seconds", "histogram", set()),
+    ("cdc_embedding_request_seconds", "histogram", {"endpoint"}),
     ("cdc_vectors_written", "counter", {"table", "op"}),
     ("cdc_buffer_rows", "gauge", set()),
     ("cdc_flush_seconds", "histogram", set()),
@@ -50,6 +51,7 @@ EXPECTED = [
     ("cdc_slot_poll_errors", "counter", set()),
     ("cdc_embedding_retries", "counter", set()),
     ("cdc_embedding_batch_size", "histogram", set()),
+    ("cdc_embedding_endpoint_up", "gauge", {"endpoint"}),
     ("cdc_batch_rows", "histogram", set()),
     ("cdc_buffer_max_rows", "gauge", set()),
     ("cdc_snapshot_rows_estimated", "gauge", {"table"}),
@@ -84,7 +86,8 @@ def exercised() -> Metrics:
     """A Metrics with every labelled family holding at least one series."""
     m = Metrics()
     m.prepare(settings(), "9.9.9")
-    m.record_request("ok", 0.2)
+    m.record_request("ok", 0.2, ENDPOINT)
+    m.record_endpoint(ENDPOINT, True)
     m.embedding_tokens.inc(10)
     m.snapshot_rows.labels(table=TABLE).inc(3)
     m.snapshot_rows_estimated.labels(table=TABLE).set(3)
@@ -119,7 +122,6 @@ def test_prepare_labels_the_run_and_creates_known_series_at_zero() -> None:
         assert sample(m, "cdc_vectors_written_total", table=TABLE, op=op) == 0
     assert sample(m, "cdc_dead_letters_total", table=TABLE) == 0
     assert sample(m, "cdc_embeddings_skipped_total", table=TABLE, reason="empty") == 0
-    assert sample(m, "cdc_embedding_requests_total", status="ok") == 0
     body = m.render().decode()
     assert "hunter2" not in body
     assert "sk-unit-secret" not in body
@@ -218,10 +220,21 @@ def test_slot_state_gauges() -> None:
 )
 def test_retries_are_the_transient_failures(status: str, retried: int) -> None:
     m = Metrics()
-    m.record_request(status, 0.3)
-    assert sample(m, "cdc_embedding_requests_total", status=status) == 1
+    m.record_request(status, 0.3, ENDPOINT)
+    assert sample(m, "cdc_embedding_requests_total", status=status, endpoint=ENDPOINT) == 1
     assert sample(m, "cdc_embedding_retries_total") == retried
-    assert sample(m, "cdc_embedding_request_seconds_count") == 1
+    assert sample(m, "cdc_embedding_request_seconds_count", endpoint=ENDPOINT) == 1
+
+
+def test_an_endpoint_reported_by_the_provider_has_its_series_from_the_start() -> None:
+    m = Metrics()
+    m.record_endpoint(ENDPOINT, True)
+    for status in ("ok", "500", "429", "timeout", "connection"):
+        assert sample(m, "cdc_embedding_requests_total", status=status, endpoint=ENDPOINT) == 0
+    assert sample(m, "cdc_embedding_request_seconds_count", endpoint=ENDPOINT) == 0
+    assert sample(m, "cdc_embedding_endpoint_up", endpoint=ENDPOINT) == 1
+    m.record_endpoint(ENDPOINT, False)
+    assert sample(m, "cdc_embedding_endpoint_up", endpoint=ENDPOINT) == 0
 
 
 def test_health_alive_and_ready() -> None:

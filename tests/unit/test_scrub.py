@@ -135,6 +135,9 @@ def test_known_secrets_come_from_the_environment_and_the_configuration(
     )
     settings = load_config(path, environ={})
     assert set(known_secrets(settings, {})) == {"src pw", "sink-pw", "configured-key"}
+    fleet = {"CDC_EMBEDDING__BASE_URL": '["http://gw:url-pw@a/v1", "http://b/v1"]'}
+    settings = load_config(path, environ=fleet)
+    assert "url-pw" in known_secrets(settings, {})
 
 
 def test_an_unparsable_dsn_is_a_configuration_error_that_quotes_none_of_it(
