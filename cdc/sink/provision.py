@@ -16,6 +16,7 @@ from psycopg import sql
 from cdc.config import Settings
 from cdc.db import Conn
 from cdc.errors import ConfigError
+from cdc.sink.indexes import TRY_LOCK_SQL, index_lock
 from cdc.sink.schema import (
     SinkNames,
     alter_publication,
@@ -69,8 +70,23 @@ async def publication_sql(
     if current is None:
         return [create_publication(name, list(tables))]
     if current != wanted:
+        _warn_dropped(name, [f"{s}.{t}" for s, t in current if (s, t) not in wanted])
         return [alter_publication(name, list(tables))]
     return []
+
+
+def _warn_dropped(publication: str, dropped: Sequence[str]) -> None:
+    """Tables leave the publication: taken out of the configuration, or another streamer's
+    that shares the publication's name by mistake (it would stop receiving them)."""
+    if dropped:
+        log.warning(
+            "publication %s lists %s, which the configuration does not: they are taken out of "
+            "it. If another streamer uses publication %s, give each streamer its own "
+            "source.publication (and source.slot)",
+            publication,
+            ", ".join(sorted(dropped)),
+            publication,
+        )
 
 
 async def _published_now(
@@ -142,7 +158,13 @@ async def state_upgrades(settings: Settings, sink: Conn) -> list[sql.Composed]:
 
 async def ensure_indexes(settings: Settings, sink: Conn) -> None:
     for schema, table in settings.sink_tables():
-        await _execute(sink, index_ddl(schema, table, settings.sink.vector_type), "sink")
+        async with sink.transaction():
+            row = await (await sink.execute(TRY_LOCK_SQL, (index_lock(schema, table),))).fetchone()
+            if not (row and row[0]):
+                # Another streamer sharing the table is building its index after a load.
+                log.info("the index of %s.%s is being built by another session", schema, table)
+                continue
+            await _execute(sink, index_ddl(schema, table, settings.sink.vector_type), "sink")
 
 
 def wanted_vector_type(settings: Settings) -> str:
