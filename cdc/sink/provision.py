@@ -8,7 +8,8 @@ a DBA applied the DDL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import psycopg
 from psycopg import sql
@@ -39,6 +40,9 @@ from cdc.source.server import (
 )
 
 log = logging.getLogger(__name__)
+SETUP_LOCK = "wal2vec setup"
+LOCK_SQL_SESSION = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
+UNLOCK_SQL_SESSION = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
 
 
 async def inspect_source(settings: Settings, source: Conn) -> list[SourceTable]:
@@ -127,16 +131,31 @@ async def ensure(
     """
     tables = await inspect_source(settings, source)
     await _check_pgvector(sink)
-    for statement in sink_ddl(settings, indexes=indexes):
-        await _execute(sink, statement, "sink")
-    for statement in await state_upgrades(settings, sink):
-        await _execute(sink, statement, "sink")
+    async with _setup_lock(sink):
+        for statement in sink_ddl(settings, indexes=False):
+            await _execute(sink, statement, "sink")
+        for statement in await state_upgrades(settings, sink):
+            await _execute(sink, statement, "sink")
+    if indexes:
+        await ensure_indexes(settings, sink)
     if check_shape:
         await check_sink_shape(settings, sink)
     for statement in await publication_sql(settings, source, tables):
         log.info("publication %s: %s", settings.source.publication, statement.as_string(source))
         await _execute(source, statement, "source")
     return tables
+
+
+@asynccontextmanager
+async def _setup_lock(sink: Conn) -> AsyncIterator[None]:
+    """Hold the sink database's setup lock: streamers started at once (several sharing the
+    sink, or a fresh deployment's replicas) would otherwise race on `CREATE ... IF NOT EXISTS`,
+    which checks before it creates, and the loser fails on the catalog's unique index."""
+    await sink.execute(LOCK_SQL_SESSION, (SETUP_LOCK,))
+    try:
+        yield
+    finally:
+        await sink.execute(UNLOCK_SQL_SESSION, (SETUP_LOCK,))
 
 
 async def state_upgrades(settings: Settings, sink: Conn) -> list[sql.Composed]:
