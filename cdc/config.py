@@ -112,6 +112,11 @@ class EmbeddingConfig(_Strict):
     # What a million input tokens cost, for `cdc estimate`. Default: OpenAI's list price for
     # its embedding models (US dollars), 0 for provider local, else unknown (None).
     price_per_million_tokens: float | None = Field(None, ge=0)
+    # Provider local: where the model runs (auto: a CUDA GPU when torch sees one, else Apple's
+    # MPS, else the CPU), and the CPU threads torch computes with (default: the CPUs this
+    # process may use, its affinity within any cgroup CPU quota).
+    device: Literal["auto", "cpu", "cuda", "mps"] | None = None
+    threads: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -143,7 +148,11 @@ class EmbeddingConfig(_Strict):
                 "max_input_tokens": _given(data, "max_input_tokens", OPENAI_MAX_INPUT_TOKENS),
                 "price_per_million_tokens": _given(data, "price_per_million_tokens", price),
             }
-        defaults: dict[str, Any] = {"batch_size": 32, "price_per_million_tokens": 0.0}
+        defaults: dict[str, Any] = {
+            "batch_size": 32,
+            "price_per_million_tokens": 0.0,
+            "device": "auto",
+        }
         if "model" not in data:
             defaults.update(model="all-MiniLM-L6-v2", dimensions=384)
         return {**defaults, **data}
@@ -154,6 +163,17 @@ class EmbeddingConfig(_Strict):
             raise ValueError(
                 "tokenizer names a tiktoken encoding, for provider openai; a local model counts "
                 "with its own tokenizer: remove embedding.tokenizer"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _hardware_is_local(self) -> EmbeddingConfig:
+        given = [key for key in ("device", "threads") if getattr(self, key) is not None]
+        if self.provider != "local" and given:
+            names = " and ".join(f"embedding.{key}" for key in given)
+            raise ValueError(
+                f"{names}: where and how a model runs is set for provider local; an "
+                "endpoint (provider openai) chooses its own hardware: remove them"
             )
         return self
 

@@ -461,11 +461,19 @@ def _key_columns(conn: psycopg.Connection[Any], schema: str, name: str) -> list[
     return [str(r[0]) for r in rows]
 
 
-def assert_in_step(deployment: Deployment, sink_table: str = "cdc_embeddings") -> int:
-    """The sink holds exactly the vectors of the source's current content. Returns the count."""
+def assert_in_step(
+    deployment: Deployment, sink_table: str = "cdc_embeddings", *, own_rows_only: bool = False
+) -> int:
+    """The sink holds exactly the vectors of the source's current content. Returns the count.
+
+    `own_rows_only`: the sink table is shared with other deployments (their own slots and
+    tables), so only the rows of this deployment's tables are compared."""
     expected = expected_vectors(deployment)
+    own = {table.table for table in deployment.tables}
     actual = {
-        (r["source_table"], r["source_id"], r["chunk"]): r for r in deployment.sink_rows(sink_table)
+        (r["source_table"], r["source_id"], r["chunk"]): r
+        for r in deployment.sink_rows(sink_table)
+        if not own_rows_only or r["source_table"] in own
     }
     missing = sorted(set(expected) - set(actual))
     extra = sorted(set(actual) - set(expected))

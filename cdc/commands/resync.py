@@ -30,7 +30,7 @@ from cdc.metrics import Metrics
 from cdc.pipeline.runner import Parts, open_parts
 from cdc.sink.progress import TableProgress
 from cdc.sink.provision import vector_type_of, wanted_vector_type
-from cdc.sink.shadow import prepare_shadow, retire, shadow_name, swap
+from cdc.sink.shadow import check_rebuild_owns, prepare_shadow, retire, shadow_name, swap
 from cdc.sink.store import Sink
 from cdc.source.snapshot import SnapshotParts, take_snapshot
 
@@ -50,6 +50,9 @@ async def resync_all(
     async with AsyncExitStack() as stack:
         parts = await open_parts(stack, settings, make_provider, metrics, check_model=False)
         changed = await _model_change(parts)
+        if changed:
+            # Before anything is dropped: a refusal leaves the slot and the sink as they were.
+            await check_rebuild_owns(parts.sink_conn, settings)
         if parts.slot is not None and parts.slot.active:
             if changed:
                 raise ConfigError(

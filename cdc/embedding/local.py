@@ -11,6 +11,12 @@ event loop (the replication stream, keepalives, /metrics) goes on while it compu
 concurrent snapshot writers queue on that thread instead of fighting over the CPU. Vectors are
 L2-normalized float32, as the sink's cosine index expects.
 
+It runs on `embedding.device` (`auto`: a CUDA GPU when torch sees one, else Apple's MPS, else
+the CPU; a device asked for and absent is a `ConfigError` before anything loads), and torch
+computes on `embedding.threads` CPU threads: by default the CPUs this process may use, its
+affinity within any cgroup CPU quota. torch's own default counts the machine's cores, so a
+container limited to 2 CPUs of a 64-core node would run 32 threads and be throttled.
+
 A model reads at most `max_seq_length` word pieces of an input (256 for all-MiniLM-L6-v2) and
 silently drops the rest. Content is cut into chunks counted with the model's own tokenizer
 (`cdc.embedding.model_tokens`), special tokens included, never over that limit, so no chunk is
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +57,9 @@ INSTALL_HINT = (
 )
 # Environment switches that keep huggingface_hub and transformers off the network.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# Where a cgroup's CPU quota is: v2's "QUOTA PERIOD" (or "max PERIOD"), v1's two files.
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 
 
 class LocalProvider:
@@ -62,17 +72,22 @@ class LocalProvider:
         dimensions: int,
         batch_size: int = 32,
         device: str = "cpu",
+        threads: int | None = None,
         on_request: Callable[[str, float], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"embedding.batch_size must be positive, not {batch_size}")
         self.model = model
         self.dimensions = dimensions
-        self._batch = batch_size
+        self.batch_size = self._batch = batch_size
         self._on_request = on_request
         self._truncated = 0
         self._warned = False
-        self._encoder = load_model(model, device)
+        torch = import_torch()
+        self.device = resolve_device(device, torch)
+        self.threads = threads or available_cpus()
+        torch.set_num_threads(self.threads)
+        self._encoder = load_model(model, self.device)
         self.max_tokens = int(getattr(self._encoder, "max_seq_length", 0) or 0)
         actual = _model_dimensions(self._encoder)
         if actual != dimensions:
@@ -81,7 +96,21 @@ class LocalProvider:
                 f"{actual}-dimensional vectors: set embedding.dimensions: {actual}"
             )
         # One thread: the model is computed one batch at a time, torch parallelizes within it.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-local-embed")
+        # The thread count is set there too: an OpenMP build keeps it per calling thread.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="cdc-local-embed",
+            initializer=torch.set_num_threads,
+            initargs=(self.threads,),
+        )
+        log.info(
+            "local model %s on %s%s, %d CPU threads, batches of %d texts",
+            model,
+            self.device,
+            " (embedding.device auto)" if device == "auto" else "",
+            self.threads,
+            batch_size,
+        )
 
     async def __aenter__(self) -> LocalProvider:
         return self
@@ -166,6 +195,81 @@ class LocalProvider:
         return sum(min(length, self.max_tokens) for length in lengths)
 
 
+def import_torch() -> Any:
+    try:
+        return importlib.import_module("torch")
+    except ImportError:
+        raise ConfigError(
+            f"embedding.provider local needs torch and sentence-transformers: {INSTALL_HINT}"
+        ) from None
+
+
+def resolve_device(requested: str, torch: Any) -> str:
+    """The device the model runs on: `requested`, or for `auto` the best one torch sees. A
+    device asked for that torch cannot use is a `ConfigError` saying what to do."""
+    cuda, mps = bool(torch.cuda.is_available()), _mps_available(torch)
+    if requested == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if requested == "cuda" and not cuda:
+        build = getattr(torch, "__version__", "?")
+        why = (
+            f"this torch ({build}) is a CPU-only build"
+            if getattr(torch.version, "cuda", None) is None
+            else f"this torch ({build}, CUDA {torch.version.cuda}) sees no CUDA device (no "
+            "NVIDIA GPU or driver visible to this process, or CUDA_VISIBLE_DEVICES hides it)"
+        )
+        raise ConfigError(
+            f"embedding.device is cuda, but {why}: set embedding.device: cpu (or auto, which "
+            "takes a GPU when there is one), or run on a machine with an NVIDIA GPU and a CUDA "
+            "build of torch"
+        )
+    if requested == "mps" and not mps:
+        raise ConfigError(
+            "embedding.device is mps, but torch sees no Apple GPU (MPS is on Apple silicon "
+            "Macs only): set embedding.device: cpu or auto"
+        )
+    return requested
+
+
+def _mps_available(torch: Any) -> bool:
+    backend = getattr(getattr(torch, "backends", None), "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity, within a cgroup CPU quota if any."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = cgroup_quota_cpus()
+    return max(1, min(cpus or 1, quota or cpus or 1))
+
+
+def cgroup_quota_cpus() -> int | None:
+    """CPUs a cgroup quota allows (a Kubernetes CPU limit), rounded up; None when unlimited
+    or unknown."""
+    try:
+        if CGROUP_V2_CPU_MAX.exists():
+            quota, _, period = CGROUP_V2_CPU_MAX.read_text().partition(" ")
+            return quota_cpus(quota, period)
+        v1 = [CGROUP_V1_CPU / name for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+        if all(path.exists() for path in v1):
+            return quota_cpus(v1[0].read_text(), v1[1].read_text())
+    except OSError:
+        pass
+    return None
+
+
+def quota_cpus(quota: str, period: str) -> int | None:
+    """`quota` microseconds of CPU per `period` as whole CPUs, rounded up; None when there is
+    no quota ("max" in cgroup v2, -1 in v1) or it cannot be read."""
+    try:
+        allowed, every = int(quota.strip()), int(period.strip())
+    except ValueError:
+        return None
+    if allowed <= 0 or every <= 0:
+        return None
+    return max(1, math.ceil(allowed / every))
+
+
 def resolve_model(model: str) -> str:
     """What to load for `model`: a directory as given, the packaged MiniLM's directory for its
     names, else the name itself (found in the local Hugging Face cache or not at all)."""
@@ -247,5 +351,7 @@ def make_local_provider(
         model=embedding.model,
         dimensions=embedding.dimensions,
         batch_size=embedding.batch_size,
+        device=embedding.device or "auto",
+        threads=embedding.threads,
         on_request=on_request,
     )

@@ -5,6 +5,11 @@ searches the graph); building the index once over the loaded table is many times
 can use parallel workers. A snapshot therefore loads a sink table that starts empty (or whose
 index an interrupted load already removed) with no index, and builds it when the load is done.
 
+Several streamers may share a sink table, each loading its own snapshot into it: a build (or
+`cdc.sink.provision.ensure_indexes`) holds an advisory lock named after the table, so two
+sessions never build the same index at once (the second would fail on the index's name when
+the first commits).
+
 The build is fast only while pgvector's graph fits in `maintenance_work_mem`; past that it goes
 on inserting into the on-disk graph, at the speed of a live index. The build says beforehand
 when `snapshot.index_build_memory` looks too small for the table, and passes pgvector's own
@@ -34,6 +39,15 @@ GRAPH_BYTES_PER_ELEMENT = 720
 # Bytes per dimension of each vector type, and its header.
 VALUE_BYTES = {"vector": 4, "halfvec": 2}
 VALUE_HEADER = 8
+
+
+def index_lock(schema: str, table: str) -> str:
+    """The advisory lock's name: one per sink table, whichever streamer builds its index."""
+    return f"wal2vec index {schema}.{table}"
+
+
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+TRY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
 async def has_index(conn: Conn, schema: str, table: str) -> bool:
@@ -76,6 +90,8 @@ async def build_indexes(
         conn.add_notice_handler(_pass_on)
         try:
             async with conn.transaction():
+                # Another streamer's build of this table waits here, then finds it built.
+                await conn.execute(LOCK_SQL, (index_lock(schema, table),))
                 # SET LOCAL: the settings end with the build, not with the session.
                 await conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
                 await conn.execute(

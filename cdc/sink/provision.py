@@ -8,7 +8,8 @@ a DBA applied the DDL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import psycopg
 from psycopg import sql
@@ -16,6 +17,7 @@ from psycopg import sql
 from cdc.config import Settings
 from cdc.db import Conn
 from cdc.errors import ConfigError
+from cdc.sink.indexes import TRY_LOCK_SQL, index_lock
 from cdc.sink.schema import (
     SinkNames,
     alter_publication,
@@ -38,6 +40,9 @@ from cdc.source.server import (
 )
 
 log = logging.getLogger(__name__)
+SETUP_LOCK = "wal2vec setup"
+LOCK_SQL_SESSION = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
+UNLOCK_SQL_SESSION = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
 
 
 async def inspect_source(settings: Settings, source: Conn) -> list[SourceTable]:
@@ -69,8 +74,23 @@ async def publication_sql(
     if current is None:
         return [create_publication(name, list(tables))]
     if current != wanted:
+        _warn_dropped(name, [f"{s}.{t}" for s, t in current if (s, t) not in wanted])
         return [alter_publication(name, list(tables))]
     return []
+
+
+def _warn_dropped(publication: str, dropped: Sequence[str]) -> None:
+    """Tables leave the publication: taken out of the configuration, or another streamer's
+    that shares the publication's name by mistake (it would stop receiving them)."""
+    if dropped:
+        log.warning(
+            "publication %s lists %s, which the configuration does not: they are taken out of "
+            "it. If another streamer uses publication %s, give each streamer its own "
+            "source.publication (and source.slot)",
+            publication,
+            ", ".join(sorted(dropped)),
+            publication,
+        )
 
 
 async def _published_now(
@@ -111,16 +131,31 @@ async def ensure(
     """
     tables = await inspect_source(settings, source)
     await _check_pgvector(sink)
-    for statement in sink_ddl(settings, indexes=indexes):
-        await _execute(sink, statement, "sink")
-    for statement in await state_upgrades(settings, sink):
-        await _execute(sink, statement, "sink")
+    async with _setup_lock(sink):
+        for statement in sink_ddl(settings, indexes=False):
+            await _execute(sink, statement, "sink")
+        for statement in await state_upgrades(settings, sink):
+            await _execute(sink, statement, "sink")
+    if indexes:
+        await ensure_indexes(settings, sink)
     if check_shape:
         await check_sink_shape(settings, sink)
     for statement in await publication_sql(settings, source, tables):
         log.info("publication %s: %s", settings.source.publication, statement.as_string(source))
         await _execute(source, statement, "source")
     return tables
+
+
+@asynccontextmanager
+async def _setup_lock(sink: Conn) -> AsyncIterator[None]:
+    """Hold the sink database's setup lock: streamers started at once (several sharing the
+    sink, or a fresh deployment's replicas) would otherwise race on `CREATE ... IF NOT EXISTS`,
+    which checks before it creates, and the loser fails on the catalog's unique index."""
+    await sink.execute(LOCK_SQL_SESSION, (SETUP_LOCK,))
+    try:
+        yield
+    finally:
+        await sink.execute(UNLOCK_SQL_SESSION, (SETUP_LOCK,))
 
 
 async def state_upgrades(settings: Settings, sink: Conn) -> list[sql.Composed]:
@@ -142,7 +177,13 @@ async def state_upgrades(settings: Settings, sink: Conn) -> list[sql.Composed]:
 
 async def ensure_indexes(settings: Settings, sink: Conn) -> None:
     for schema, table in settings.sink_tables():
-        await _execute(sink, index_ddl(schema, table, settings.sink.vector_type), "sink")
+        async with sink.transaction():
+            row = await (await sink.execute(TRY_LOCK_SQL, (index_lock(schema, table),))).fetchone()
+            if not (row and row[0]):
+                # Another streamer sharing the table is building its index after a load.
+                log.info("the index of %s.%s is being built by another session", schema, table)
+                continue
+            await _execute(sink, index_ddl(schema, table, settings.sink.vector_type), "sink")
 
 
 def wanted_vector_type(settings: Settings) -> str:

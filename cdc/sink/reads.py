@@ -2,6 +2,10 @@
 
 Nothing here writes. The applier asks what is stored before it embeds; verify, resync, status,
 the monitor and `cdc dead-letters` read through here.
+
+Every query names the configured source tables (`source_table = ANY(...)`): several streamers,
+each with its own slot and tables, may share one sink table and the dead-letter table, and
+what one of them counts, lists or compares must be its own rows only.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from cdc.sink.schema import SinkNames
 from cdc.sink.state import table_exists
 from cdc.sink.targets import Targets
 
-_COUNT_ROWS = "SELECT source_table, count(DISTINCT source_id) FROM {} GROUP BY source_table"
+_COUNT_ROWS = (
+    "SELECT source_table, count(DISTINCT source_id) FROM {} "
+    "WHERE source_table = ANY(%s) GROUP BY source_table"
+)
 
 
 class SinkReads:
@@ -106,18 +113,19 @@ class SinkReads:
         cursor = await self._conn.execute(query, (source_table, after or "", limit))
         return [str(row[0]) for row in await cursor.fetchall()]
 
-    async def dead_letter_count(self) -> int:
-        query = sql.SQL("SELECT count(*) FROM {}").format(self._names.dead_letters)
-        async with self._conn.transaction():
-            row = await (await self._conn.execute(query)).fetchone()
-        return int(row[0]) if row else 0
+    @property
+    def _own_tables(self) -> list[str]:
+        """The source tables this sink writes for: the configured ones."""
+        return list(self._targets.mapping)
 
-    async def dead_letter_counts(self) -> dict[str, int]:
-        """Dead-lettered rows per source table."""
-        query = sql.SQL(_COUNT_ROWS).format(self._names.dead_letters)
+    async def dead_letter_count(self) -> int:
+        """Dead-lettered chunks of the configured tables (not another streamer's)."""
+        query = sql.SQL("SELECT count(*) FROM {} WHERE source_table = ANY(%s)").format(
+            self._names.dead_letters
+        )
         async with self._conn.transaction():
-            rows = await (await self._conn.execute(query)).fetchall()
-        return {str(table): int(count) for table, count in rows}
+            row = await (await self._conn.execute(query, (self._own_tables,))).fetchone()
+        return int(row[0]) if row else 0
 
     async def dead_lettered(self, source_table: str, source_ids: Sequence[str]) -> set[str]:
         """Which of these rows wait in the dead-letter table."""
@@ -155,7 +163,8 @@ async def dead_letter_counts(conn: Conn, settings: Settings) -> dict[str, int] |
     table = SinkNames.of(settings).dead_letters
     if not await table_exists(conn, table):
         return None
-    rows = await (await conn.execute(sql.SQL(_COUNT_ROWS).format(table))).fetchall()
+    query = sql.SQL(_COUNT_ROWS).format(table)
+    rows = await (await conn.execute(query, (configured_tables(settings),))).fetchall()
     return {str(name): int(count) for name, count in rows}
 
 
@@ -166,12 +175,14 @@ async def vector_counts(conn: Conn, settings: Settings) -> dict[str, int]:
         target = sql.Identifier(schema, table)
         if not await table_exists(conn, target):
             continue
-        for source_table, count in await (
-            await conn.execute(sql.SQL(_COUNT_ROWS).format(target))
-        ).fetchall():
-            if source_table in counts:
-                counts[source_table] = int(count)
+        query = sql.SQL(_COUNT_ROWS).format(target)
+        for source_table, count in await (await conn.execute(query, (list(counts),))).fetchall():
+            counts[source_table] = int(count)
     return counts
+
+
+def configured_tables(settings: Settings) -> list[str]:
+    return [t.table for t in settings.tables]
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +212,12 @@ class DeadLetterRow:
 
 
 async def chunk_count(conn: Conn, settings: Settings) -> int:
-    """Chunks (sink rows) of every sink table that exists."""
+    """Chunks (sink rows) of the configured tables, in every sink table that exists."""
     total = 0
     for schema, table in settings.sink_tables():
         target = sql.Identifier(schema, table)
         if await table_exists(conn, target):
-            query = sql.SQL("SELECT count(*) FROM {}").format(target)
-            row = await (await conn.execute(query)).fetchone()
+            query = sql.SQL("SELECT count(*) FROM {} WHERE source_table = ANY(%s)").format(target)
+            row = await (await conn.execute(query, (configured_tables(settings),))).fetchone()
             total += int(row[0]) if row else 0
     return total

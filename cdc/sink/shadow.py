@@ -6,10 +6,13 @@ answering from the live table, then swaps the two in one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from psycopg import sql
 
 from cdc.config import Settings
 from cdc.db import Conn
+from cdc.errors import ConfigError
 from cdc.sink.provision import vector_type_of, wanted_vector_type
 from cdc.sink.schema import index_name, sink_table_ddl
 
@@ -20,6 +23,43 @@ RETIRED_SUFFIX = "__wal2vec_retired"
 def shadow_name(table: str, suffix: str = REBUILD_SUFFIX) -> str:
     # Identifiers stop at 63 bytes; keep the suffix whole so the name still says what it is.
     return table[: 63 - len(suffix)] + suffix
+
+
+# How many foreign source tables a refusal names.
+FOREIGN_SHOWN = 5
+
+
+async def foreign_tables(conn: Conn, schema: str, table: str, own: Sequence[str]) -> list[str]:
+    """Source tables other than `own` whose vectors sink table `schema.table` holds."""
+    query = sql.SQL(
+        "SELECT DISTINCT source_table FROM {} WHERE source_table <> ALL(%s) ORDER BY 1 LIMIT %s"
+    ).format(sql.Identifier(schema, table))
+    rows = await (await conn.execute(query, (list(own), FOREIGN_SHOWN))).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+async def check_rebuild_owns(conn: Conn, settings: Settings) -> None:
+    """A rebuild replaces whole sink tables: refuse one that holds other tables' vectors.
+
+    Those belong to another streamer sharing the sink table (its own slot and tables), or to
+    a table taken out of the configuration; the swap would drop them, and that streamer's
+    state would still say they are there.
+    """
+    own = [t.table for t in settings.tables]
+    for schema, table in settings.sink_tables():
+        if await vector_type_of(conn, schema, table) is None:
+            continue
+        foreign = await foreign_tables(conn, schema, table, own)
+        if foreign:
+            raise ConfigError(
+                f"sink table {schema}.{table} also holds vectors of {', '.join(foreign)}, "
+                "which this configuration does not list (another streamer sharing the sink "
+                "table, or a table taken out of tables[]): a rebuild for a new model replaces "
+                "the whole table and would drop them. Give this streamer a sink table of its "
+                "own (sink.table or tables[].target), change the model of every streamer that "
+                f"shares {schema}.{table} together, or delete the rows of tables no streamer "
+                "owns any more"
+            )
 
 
 async def prepare_shadow(conn: Conn, settings: Settings, schema: str, table: str) -> None:

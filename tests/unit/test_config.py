@@ -114,6 +114,29 @@ def test_provider_local_defaults_to_the_packaged_minilm(tmp_path: Path) -> None:
     assert embedding.api_key is None and embedding.base_url is None
 
 
+def test_provider_local_runs_where_it_can_on_the_cpus_it_has_unless_told(tmp_path: Path) -> None:
+    local = BASE + "embedding:\n  provider: local\n"
+    embedding = load_config(write(tmp_path, local), {}).embedding
+    # auto: a GPU when torch sees one, else the CPU; threads: the CPUs the process may use.
+    assert (embedding.device, embedding.threads) == ("auto", None)
+    given = {"CDC_EMBEDDING__DEVICE": "cpu", "CDC_EMBEDDING__THREADS": "1"}
+    embedding = load_config(write(tmp_path, local), given).embedding
+    assert (embedding.device, embedding.threads) == ("cpu", 1)
+    with pytest.raises(ConfigError, match=r"embedding\.device: Input should be 'auto', 'cpu'"):
+        load_config(write(tmp_path, local + "  device: tpu\n"), {})
+    with pytest.raises(ConfigError, match=r"embedding\.threads: Input should be greater"):
+        load_config(write(tmp_path, local + "  threads: 0\n"), {})
+
+
+def test_device_and_threads_are_refused_for_an_endpoint(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE), {}).embedding.device is None
+    text = BASE + "embedding:\n  device: cuda\n  threads: 4\n"
+    with pytest.raises(
+        ConfigError, match=r"embedding\.device and embedding\.threads: .* for provider local"
+    ):
+        load_config(write(tmp_path, text), {})
+
+
 def test_provider_openai_takes_inputs_of_8191_tokens_unless_told(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, BASE), {}).embedding.max_input_tokens == 8191
     null = BASE + "embedding:\n  max_input_tokens: null\n"
