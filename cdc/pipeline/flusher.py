@@ -5,7 +5,7 @@ confirms its LSN to the server (invariant 1; `cdc.replication.positions` holds t
 transaction too large for the buffer is handed on in parts, each applied with a checkpoint
 inside the transaction. Tables with a short `max_latency` are drained on their own when due,
 and go between the slices of a large batch (`cdc.pipeline.slices`). When the stream goes quiet
-(`cdc.pipeline.quiet`), a lone change is due at once, not after `max_age`.
+(`cdc.pipeline.quiet`), a lone change is due after `buffer.idle_flush`, not `max_age`.
 """
 
 from __future__ import annotations

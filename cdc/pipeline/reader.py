@@ -4,8 +4,8 @@ The reader drains every frame the socket holds per wake-up, decodes and assemble
 synchronously (no task hop per message) and stops reading while the buffer is full: the
 server keeps the WAL, the heap does not grow (invariant 5). When it has read everything the
 server sent at a transaction boundary, it tells the flow the stream went quiet
-(`cdc.pipeline.quiet`). Keepalives confirm the server's
-position when nothing is pending (invariant 6, `PositionRules.keepalive`).
+(`cdc.pipeline.quiet`). Keepalives confirm the server's position when nothing is pending
+(invariant 6, `PositionRules.keepalive`).
 """
 
 from __future__ import annotations
