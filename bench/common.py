@@ -147,8 +147,16 @@ def read_line(process: subprocess.Popen[str], timeout: float) -> str:
 def fake_endpoint(dimensions: int, latency: float = 0.0) -> Iterator[tuple[str, int]]:
     """The fake OpenAI endpoint in its own process (its CPU is not this process's GIL), answering
     after `latency` seconds; yields its base URL and pid."""
-    command = [sys.executable, "-m", "tests.fakes.openai_server", "--port", "0"]
-    command += ["--dimensions", str(dimensions), "--latency", str(latency)]
+    args = ["--port", "0", "--dimensions", str(dimensions), "--latency", str(latency)]
+    with endpoint_process("tests.fakes.openai_server", args) as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
+def endpoint_process(module: str, args: list[str]) -> Iterator[tuple[str, int]]:
+    """`python -m module args` from the repository, which prints its base URL first; yields
+    that URL and its pid, and stops it (by that pid) afterwards."""
+    command = [sys.executable, "-m", module, *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -151,15 +151,18 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 # ---- data ----------------------------------------------------------------------------------
 
 
-def make_articles(first_id: int, count: int, seed: int = 7) -> list[Row]:
-    """Deterministic articles: a 6-word title and a ~600-character body."""
+def make_articles(
+    first_id: int, count: int, seed: int = 7, body_words: int = BODY_WORDS
+) -> list[Row]:
+    """Deterministic articles: a 6-word title and a body of `body_words` words (~600
+    characters by default)."""
     rng = random.Random(seed + first_id)
     words = vocabulary(random.Random(seed))
     return [
         (
             first_id + n,
             " ".join(rng.choices(words, k=6)).capitalize(),
-            " ".join(rng.choices(words, k=BODY_WORDS)) + ".",
+            " ".join(rng.choices(words, k=body_words)) + ".",
             rng.randint(1, 500),
         )
         for n in range(count)
@@ -641,13 +644,18 @@ COPY_COLUMNS = (
 )
 
 
-def sink_rows_for(rows: Sequence[Row], source_table: str = ARTICLES.table) -> list[tuple[Any, ...]]:
-    """What the sink would hold for these articles: the fake endpoint's vectors of them."""
+def sink_rows_for(
+    rows: Sequence[Row],
+    source_table: str = ARTICLES.table,
+    vector_of: Callable[[str, int], Any] = embed_vector,
+) -> list[tuple[Any, ...]]:
+    """What the sink would hold for these articles: the endpoint's vectors of them
+    (`vector_of(text, dimensions)`, the fake endpoint's by default)."""
     now, lsn = datetime.now(UTC), Lsn.parse("0/1000000")
     out = []
     for row in rows:
         content = article_content(row)
-        vector = embed_vector(content, DIMENSIONS)
+        vector = vector_of(content, DIMENSIONS)
         metadata = Jsonb({"author_id": str(row[3])})
         digest = content_hash(content)
         out.append(

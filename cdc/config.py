@@ -251,6 +251,10 @@ class BufferConfig(_Strict):
     max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # The longest a change waits for company before it is flushed, in seconds.
     max_age: float = Field(0.05, ge=0)
+    # Once the stream is quiet (everything the server sent is read, the last transaction
+    # complete), the seconds a change still waits for a burst's next transaction before it is
+    # flushed, however long max_age is; null: wait max_age (`cdc.pipeline.quiet`).
+    idle_flush: float | None = Field(0.002, ge=0)
 
 
 class SnapshotConfig(_Strict):

@@ -60,6 +60,15 @@ class FlushDecision:
     wait: float = 0.0
 
 
+def _deadline(since: float, latency: float, idle_latency: float, quiet_at: float | None) -> float:
+    """When a table's oldest change here is due: after its latency, or once the stream is
+    quiet if its latency is no longer than `idle_latency`."""
+    deadline = since + latency
+    if quiet_at is not None and latency <= idle_latency:
+        return min(deadline, quiet_at)
+    return deadline
+
+
 @dataclass(slots=True)
 class ChangeBuffer:
     max_rows: int
@@ -125,21 +134,30 @@ class ChangeBuffer:
             self._first_added_at = now
 
     def flush_decision(
-        self, now: float, latency_of: Callable[[str], float], idle_latency: float
+        self,
+        now: float,
+        latency_of: Callable[[str], float],
+        idle_latency: float,
+        quiet_at: float | None = None,
     ) -> FlushDecision:
         """When to drain, given each table's `latency_of(table)` (seconds a change may wait).
 
         Everything goes when the buffer is full or the table with the oldest change is due:
         that table holds the checkpoint back, and flushing the others early costs nothing.
         Tables due before it go alone. Transactions that changed no configured row (they still
-        move the checkpoint) wait `idle_latency`.
+        move the checkpoint) wait `idle_latency`. From `quiet_at` on (the stream went quiet,
+        `cdc.pipeline.quiet`), tables that wait no longer than `idle_latency` are due: no
+        company is coming; a table whose own latency is longer asked to batch, and waits it.
         """
         if self.empty:
             return FlushDecision(wait=math.inf)
         if not self._pending:
             wait = idle_latency - self.age(now)
             return FlushDecision(drain_all=self.full or wait <= 0, wait=wait)
-        deadlines = {t: p.since + latency_of(t) for t, p in self._pending.items()}
+        deadlines = {
+            t: _deadline(p.since, latency_of(t), idle_latency, quiet_at)
+            for t, p in self._pending.items()
+        }
         due = tuple(t for t, deadline in deadlines.items() if deadline <= now)
         oldest = min(self._pending, key=lambda t: self._pending[t].since)
         return FlushDecision(

@@ -3,7 +3,8 @@
 The `Session` is what the runner hands the streamer: connections and parts, the resync worker
 it composed, and the checkpoint to start from. The `Flow` is the state between the two halves:
 the buffer, the position rules (`cdc.replication.positions`), the batches in flight, the events
-each waits on, and the standby-status clock.
+each waits on, whether the stream went quiet (`cdc.pipeline.quiet`), and the standby-status
+clock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cdc.db import Conn
 from cdc.metrics import Health, Metrics
 from cdc.pipeline.buffer import Batch, ChangeBuffer
 from cdc.pipeline.observer import StreamObserver
+from cdc.pipeline.quiet import Quiet
 from cdc.replication.lsn import Lsn
 from cdc.replication.positions import Position, PositionRules, StandbyGate
 from cdc.replication.stream import ReplicationStream
@@ -66,6 +68,8 @@ class Flow:
         self.added = asyncio.Event()  # the reader added changes (or stopped)
         self.space = asyncio.Event()  # the flusher drained the buffer
         self.server_lsn = Lsn(0)  # the furthest WAL end the reader saw
+        # Whether the stream went quiet (the reader tells), so a lone change need not wait.
+        self.quiet = Quiet(cfg.idle_flush)
         self._last_status = 0.0
         # With a failover slot, confirmations wait for the standby (`StandbyGate`).
         self.gate = StandbyGate() if session.settings.source.failover else None

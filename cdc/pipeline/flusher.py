@@ -4,7 +4,8 @@ The flusher drains the buffer at transaction boundaries, applies the batch, and 
 confirms its LSN to the server (invariant 1; `cdc.replication.positions` holds the rules). A
 transaction too large for the buffer is handed on in parts, each applied with a checkpoint
 inside the transaction. Tables with a short `max_latency` are drained on their own when due,
-and go between the slices of a large batch (`cdc.pipeline.slices`).
+and go between the slices of a large batch (`cdc.pipeline.slices`). When the stream goes quiet
+(`cdc.pipeline.quiet`), a lone change is due after `buffer.idle_flush`, not `max_age`.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ class Flusher:
             await flow.wait_any(flow.added, wait)
 
     def _flush_decision(self) -> FlushDecision:
-        return self._flow.buffer.flush_decision(
-            time.monotonic(), self._latencies.__getitem__, self._max_age
+        flow = self._flow
+        return flow.buffer.flush_decision(
+            time.monotonic(), self._latencies.__getitem__, self._max_age, flow.quiet.due_at()
         )
 
     def _drained(self) -> None:

@@ -2,8 +2,10 @@
 
 The reader drains every frame the socket holds per wake-up, decodes and assembles them
 synchronously (no task hop per message) and stops reading while the buffer is full: the
-server keeps the WAL, the heap does not grow (invariant 5). Keepalives confirm the server's
-position when nothing is pending (invariant 6, `PositionRules.keepalive`).
+server keeps the WAL, the heap does not grow (invariant 5). When it has read everything the
+server sent at a transaction boundary, it tells the flow the stream went quiet
+(`cdc.pipeline.quiet`). Keepalives confirm the server's position when nothing is pending
+(invariant 6, `PositionRules.keepalive`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Reader:
             # Published before waiting, so what was just read shows in /metrics at once.
             self._heartbeat()
             if fresh and not self._unread and len(frames) < MAX_FRAMES_PER_READ:
+                self._drained()
                 await stream.wait_readable(min(STATUS_INTERVAL, 1.0))
             else:
                 await asyncio.sleep(0)  # libpq may hold more than the socket shows
@@ -88,7 +91,15 @@ class Reader:
                 self._on_keepalive(frame)
         if last_data is not None:
             flow.server_lsn = Lsn(max(flow.server_lsn, xlogdata_wal_end(last_data)))
+            flow.quiet.heard()
         return rest
+
+    def _drained(self) -> None:
+        """Everything the server sent is read: at a transaction boundary, the stream is quiet
+        and what is buffered has no company coming (the flusher looks again)."""
+        flow = self._flow
+        if flow.quiet.drained(self.assembler.idle, time.monotonic()):
+            flow.added.set()
 
     def _accept(self, transaction: Transaction) -> None:
         flow = self._flow

@@ -53,9 +53,11 @@ def test_a_row_rejected_for_good_goes_to_dead_letters_and_the_rest_land(
 def test_sigterm_flushes_what_is_buffered_and_exits_0(
     deployment: Deployment, endpoint: FakeOpenAIServer
 ) -> None:
-    # A long max_age keeps changes in the buffer: only the drain on SIGTERM can flush them.
+    # A long max_age and no idle flush keep changes in the buffer: only the drain on SIGTERM
+    # can flush them.
     port = free_port()
-    deployment.extra = {"buffer": {"max_age": 120}, "metrics": {"port": port}}
+    buffer = {"max_age": 120, "idle_flush": None}
+    deployment.extra = {"buffer": buffer, "metrics": {"port": port}}
     process = deployment.start()
     deployment.wait_ready()
     deployment.execute("INSERT INTO articles (id, title) VALUES (1, 'buffered')")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.backends import every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import Deployment, assert_in_step, free_port
+from tests.harness import Deployment, assert_in_step, free_port, wait_until
 
 pytestmark = every_backend
 
@@ -29,6 +29,27 @@ def test_rows_present_before_start_are_embedded_then_changes_stream(
         assert rows["1"]["content"] == "Postgres\n\nEdited body"
         assert rows["1"]["metadata"] == {"author_id": "7"}
         assert rows["1"]["lsn"] is not None
+    finally:
+        assert process.stop() == 0, process.output
+
+
+def test_a_lone_change_lands_without_waiting_max_age(
+    deployment: Deployment, endpoint: FakeOpenAIServer
+) -> None:
+    # Nothing else is arriving: once the stream is quiet the change is flushed, long before
+    # max_age (30 s here; the bound below is generous, for a loaded machine).
+    deployment.extra = {"buffer": {"max_age": 30}}
+    process = deployment.start()
+    try:
+        deployment.wait_ready()
+        deployment.execute("INSERT INTO articles (id, title) VALUES (1, 'alone')")
+        wait_until(deployment.sink_rows, timeout=15, what="the lone row's vector")
+        deployment.execute("UPDATE articles SET title = 'still alone' WHERE id = 1")
+        wait_until(
+            lambda: [r["content"] for r in deployment.sink_rows()] == ["still alone"],
+            timeout=15,
+            what="the lone edit's vector",
+        )
     finally:
         assert process.stop() == 0, process.output
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc.pipeline.buffer import ChangeBuffer
+from cdc.pipeline.buffer import ChangeBuffer, FlushDecision
 from cdc.replication.changes import RowChange, TableTruncate, Transaction
 from cdc.replication.lsn import Lsn
 from cdc.replication.messages import UNCHANGED_TOAST
@@ -165,6 +165,50 @@ def test_transactions_without_rows_wait_the_idle_latency() -> None:
     buffer.add(txn(10), now=0.0)
     assert not decide(buffer, now=0.01).drain_all
     assert decide(buffer, now=0.05).drain_all
+
+
+# Tables without their own max_latency wait max_age (here 30 s); courses may wait 1 s.
+QUIET_LATENCY = {"public.articles": 30.0, "public.courses": 1.0, "public.comments": 60.0}
+
+
+def decide_quiet(buffer: ChangeBuffer, now: float, quiet_at: float | None) -> FlushDecision:
+    return buffer.flush_decision(now, QUIET_LATENCY.__getitem__, 30.0, quiet_at)
+
+
+def test_a_lone_change_is_due_once_the_stream_is_quiet_not_after_max_age() -> None:
+    buffer = ChangeBuffer(max_rows=100, max_bytes=10**6)
+    buffer.add(txn(10, in_table("public.articles", "1")), now=0.0)
+    assert decide_quiet(buffer, now=0.0, quiet_at=None).wait == 30.0
+    waiting = decide_quiet(buffer, now=0.001, quiet_at=0.003)
+    assert not waiting.drain_all and waiting.wait == 0.002
+    due = decide_quiet(buffer, now=0.003, quiet_at=0.003)
+    assert due.drain_all and due.tables == ("public.articles",)
+
+
+def test_a_quiet_stream_leaves_tables_that_asked_to_batch_waiting() -> None:
+    buffer = ChangeBuffer(max_rows=100, max_bytes=10**6)
+    buffer.add(txn(10, in_table("public.comments", "1")), now=0.0)
+    buffer.add(txn(20, in_table("public.courses", "2"), in_table("public.articles", "3")), 1.0)
+    # Comments (60 s, longer than max_age) hold the checkpoint back and keep batching; the
+    # others are due once quiet and go ahead of them, a partial drain.
+    decision = decide_quiet(buffer, now=1.5, quiet_at=1.5)
+    assert not decision.drain_all
+    assert decision.tables == ("public.courses", "public.articles")
+    partial = buffer.drain_tables(decision.tables)
+    assert not partial.complete and {c.source_id for c in partial.rows} == {"2", "3"}
+    assert decide_quiet(buffer, now=1.5, quiet_at=1.5).wait == 58.5
+
+
+def test_the_quiet_lowers_deadlines_only_never_raises_them() -> None:
+    buffer = ChangeBuffer(max_rows=100, max_bytes=10**6)
+    buffer.add(txn(10, in_table("public.courses", "1")), now=0.0)
+    assert decide_quiet(buffer, now=1.0, quiet_at=5.0).drain_all
+
+
+def test_a_quiet_stream_does_not_hurry_transactions_without_rows() -> None:
+    buffer = ChangeBuffer(max_rows=10, max_bytes=10**6)
+    buffer.add(txn(10), now=0.0)
+    assert not decide_quiet(buffer, now=1.0, quiet_at=0.0).drain_all
 
 
 def test_a_partial_drain_takes_the_tables_truncate_too() -> None:
