@@ -94,7 +94,11 @@ class Leadership:
                     announced = True
             except (CdcError, psycopg.Error) as error:
                 health.stand_by(connected=False)
-                log.warning("cannot reach the source to take the lead: %s", _first_line(error))
+                log.warning(
+                    "cannot reach the source to take the lead: %s; trying again in %.1fs",
+                    _first_line(error),
+                    self._settings.leader.retry_interval,
+                )
                 await self._close()
             await _sleep_unless(stop, self._settings.leader.retry_interval)
         return False
