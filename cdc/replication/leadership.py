@@ -31,10 +31,13 @@ import psycopg
 
 from cdc.config import Settings
 from cdc.db import Conn, connect
-from cdc.errors import CdcError, LeadershipLost
+from cdc.errors import CdcError, LeadershipLost, SourceUnavailable
 from cdc.metrics import Health
 
 log = logging.getLogger(__name__)
+# Attempts at the lead before an instance that never reached the source gives up (as
+# `cdc.pipeline.runner.MAX_FAILED_STARTS` for sessions).
+MAX_FIRST_ATTEMPTS = 5
 
 
 def instance_name() -> str:
@@ -76,14 +79,23 @@ class Leadership:
         self._key = leader_lock_key(settings.source.slot)
         self.instance = instance
         self._conn: Conn | None = None
+        self._reached = False  # whether the source ever answered this instance
 
     async def acquire(self, stop: asyncio.Event, health: Health) -> bool:
-        """Wait until this instance leads (True) or `stop` is set (False)."""
+        """Wait until this instance leads (True) or `stop` is set (False).
+
+        An instance that has never reached the source gives up after `MAX_FIRST_ATTEMPTS`
+        (a wrong DSN or password is reported, exit 3, not waited on forever); once it has,
+        an outage is waited out.
+        """
         announced = False
+        failures = 0
         while not stop.is_set():
             try:
                 if await self._try_lock():
+                    self._reached = True
                     return True
+                self._reached = True
                 health.stand_by(connected=True)
                 if not announced:
                     log.info(
@@ -93,6 +105,12 @@ class Leadership:
                     )
                     announced = True
             except (CdcError, psycopg.Error) as error:
+                failures += 1
+                if isinstance(error, CdcError) and not error.retriable:
+                    raise
+                if not self._reached and failures >= MAX_FIRST_ATTEMPTS:
+                    await self._close()
+                    raise _as_unavailable(error) from None
                 health.stand_by(connected=False)
                 log.warning(
                     "cannot reach the source to take the lead: %s; trying again in %.1fs",
@@ -198,6 +216,12 @@ async def lock_holder(conn: Conn, slot: str) -> str | None:
     "wal2vec HOST/PID"), "" if it has none, None if no instance leads."""
     row = await (await conn.execute(_HOLDER_QUERY, (leader_lock_key(slot),))).fetchone()
     return None if row is None else str(row[0] or "")
+
+
+def _as_unavailable(error: Exception) -> CdcError:
+    if isinstance(error, CdcError):
+        return error
+    return SourceUnavailable(f"cannot take the lead on the source: {_first_line(error)}")
 
 
 def _first_line(error: BaseException) -> str:
