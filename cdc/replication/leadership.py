@@ -115,11 +115,19 @@ class Leadership:
                 log.warning(
                     "cannot reach the source to take the lead: %s; trying again in %.1fs",
                     _first_line(error),
-                    self._settings.leader.retry_interval,
+                    self._retry_delay(failures),
                 )
                 await self._close()
-            await _sleep_unless(stop, self._settings.leader.retry_interval)
+            await _sleep_unless(stop, self._retry_delay(failures))
         return False
+
+    def _retry_delay(self, failures: int) -> float:
+        """The standby's rhythm; before the source ever answered, a backoff (1, 2, 4, 8 s), so
+        a source still starting beside this process gets as long as a session's start would."""
+        interval = self._settings.leader.retry_interval
+        if self._reached or failures == 0:
+            return interval
+        return max(interval, min(2.0 ** (failures - 1), 8.0))
 
     @contextlib.asynccontextmanager
     async def leading(self) -> AsyncIterator[asyncio.Task[None]]:
