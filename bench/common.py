@@ -12,6 +12,7 @@ harness in `tests/` sits beside `cdc` and is not installed), then imports this m
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import random
@@ -65,6 +66,19 @@ def poll(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)  # the polling interval of a deadline wait
+
+
+def emit_report(report: dict[str, Any], out: Path | None) -> None:
+    """Print the report as JSON, and write it to `out` too when one is given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")
+
+
+def failed_parts(parts: dict[str, Any]) -> list[str]:
+    """The parts of a run that recorded an error (`attempt`), by name."""
+    return sorted(k for k, v in parts.items() if isinstance(v, dict) and "error" in v)
 
 
 def rate(count: int, seconds: float) -> float:

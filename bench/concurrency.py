@@ -13,7 +13,6 @@ Tokens per request come from `cdc run`'s own counters.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not insta
 
 from bench.common import (  # noqa: E402
     embedded_server,
+    emit_report,
     environment,
     fake_endpoint,
     quiet_warnings,
@@ -153,10 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(run["concurrency"]): ratio(run["rows_per_s"], baseline) for run in runs
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit_report(report, args.out)
     return 0
 
 

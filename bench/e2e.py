@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import random
 import shutil
@@ -62,7 +61,9 @@ from bench.common import (  # noqa: E402
     attempt,
     copy_connection,
     embedded_server,
+    emit_report,
     environment,
+    failed_parts,
     fake_endpoint,
     new_deployment,
     poll,
@@ -804,7 +805,7 @@ def benchmark(workdir: Path, sizes: Sizes, args: argparse.Namespace) -> dict[str
     report["cdc_run_exit_codes"] = ctx.exit_codes
     if args.profile is not None:
         report["profile"] = profiler.summaries
-    report["errors"] = sorted(k for k, v in parts.items() if isinstance(v, dict) and "error" in v)
+    report["errors"] = failed_parts(parts)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -814,10 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_warnings()
     with work_directory(args.workdir) as workdir:
         report = benchmark(workdir, sizes_from(args), args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit_report(report, args.out)
     return 1 if report["errors"] else 0
 
 

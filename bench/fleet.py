@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import random
 import signal
@@ -35,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not installed
 
-from bench.common import fake_endpoint, rate, ratio, vocabulary  # noqa: E402
+from bench.common import emit_report, fake_endpoint, rate, ratio, vocabulary  # noqa: E402
 from cdc.embedding.openai_compat import OpenAIProvider  # noqa: E402
 from cdc.embedding.providers import RetryPolicy  # noqa: E402
 from cdc.embedding.tokens import Tokenizer  # noqa: E402
@@ -251,10 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **kill_report(kill, runs[-1]["rows_per_s"], biggest),
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit_report(report, args.out)
     return 0
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
 import subprocess
 import sys
@@ -58,7 +57,9 @@ from bench.common import (  # noqa: E402
     SINK_TABLE,
     attempt,
     embedded_server,
+    emit_report,
     environment,
+    failed_parts,
     fake_endpoint,
     poll,
     quiet_warnings,
@@ -468,7 +469,7 @@ def benchmark(workdir: Path, sizes: Sizes, keep_index: bool) -> dict[str, Any]:
     report |= headline(parts)
     report["details"] = {k: v for k, v in parts.items() if not k.startswith("non_content_updates_")}
     report["cdc_run_exit_codes"] = ctx.exit_codes
-    report["errors"] = sorted(k for k, v in parts.items() if isinstance(v, dict) and "error" in v)
+    report["errors"] = failed_parts(parts)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -478,10 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_warnings()
     with work_directory(args.workdir) as workdir:
         report = benchmark(workdir, sizes_from(args), bool(args.keep_index))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit_report(report, args.out)
     return 1 if report["errors"] else 0
 
 

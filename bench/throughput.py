@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -44,8 +43,10 @@ from bench.common import (  # noqa: E402
     SERVER_EXTRA,
     attempt,
     embedded_server,
+    emit_report,
     endpoint_process,
     environment,
+    failed_parts,
     quiet_warnings,
     ratio,
     work_directory,
@@ -288,7 +289,7 @@ def benchmark(workdir: Path, sizes: e2e.Sizes, args: argparse.Namespace) -> dict
     report["endpoint_ceiling"] = parts.get("endpoint_ceiling")
     report["details"] = {k: v for k, v in parts.items() if k != "endpoint_ceiling"}
     report["cdc_run_exit_codes"] = ctx.exit_codes
-    report["errors"] = sorted(k for k, v in parts.items() if isinstance(v, dict) and "error" in v)
+    report["errors"] = failed_parts(parts)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -298,10 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_warnings()
     with work_directory(args.workdir) as workdir:
         report = benchmark(workdir, sizes_from(args), args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit_report(report, args.out)
     return 1 if report["errors"] else 0
 
 

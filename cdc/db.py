@@ -26,3 +26,17 @@ async def connect(dsn: str, role: str, **kwargs: Any) -> Conn:
         raise SourceUnavailable(
             f"cannot connect to the {role} at {redact_dsn(dsn)}: {detail}"
         ) from None
+
+
+# The sessions holding the advisory lock keyed `hashtextextended(%s, 0)` in this database, as
+# (pid, application_name): pg_locks splits a bigint key into two oids. A subquery to select
+# from, with the key as its one parameter.
+ADVISORY_LOCK_HOLDERS = """
+SELECT a.pid, a.application_name
+FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+CROSS JOIN (SELECT hashtextextended(%s, 0) AS h) k
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = ((k.h >> 32) & 4294967295)::oid AND l.objid = (k.h & 4294967295)::oid
+"""

@@ -459,6 +459,9 @@ class OpenAIProvider:
         if attempt >= self._retry.max_attempts:
             raise EmbeddingUnavailable(self._exhausted(attempt, name, failure))
         wait = self._fleet.next_opening(time.monotonic()) or 0.0
+        self._log_retry(name, failure, attempt, wait)
+
+    def _log_retry(self, name: str, failure: str, attempt: int, wait: float) -> None:
         logger.warning(
             "embedding request to %s failed (%s), attempt %d of %d; retrying in %.2fs",
             name,
@@ -483,14 +486,7 @@ class OpenAIProvider:
     async def _back_off(self, attempt: int, name: str, failure: str) -> None:
         """The endpoint answered, but not well enough to keep: wait, then ask again."""
         wait = self._retry.delay(attempt, None, random.random())
-        logger.warning(
-            "embedding request to %s failed (%s), attempt %d of %d; retrying in %.2fs",
-            name,
-            failure,
-            attempt,
-            self._retry.max_attempts,
-            wait,
-        )
+        self._log_retry(name, failure, attempt, wait)
         await asyncio.sleep(wait)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import psycopg
 
 from cdc.config import Settings
-from cdc.db import Conn, connect
+from cdc.db import ADVISORY_LOCK_HOLDERS, Conn, connect
 from cdc.errors import CdcError, LeadershipLost, SourceUnavailable
 from cdc.metrics import Health
 
@@ -92,10 +92,10 @@ class Leadership:
         failures = 0
         while not stop.is_set():
             try:
-                if await self._try_lock():
-                    self._reached = True
-                    return True
+                leads = await self._try_lock()
                 self._reached = True
+                if leads:
+                    return True
                 health.stand_by(connected=True)
                 if not announced:
                     log.info(
@@ -109,7 +109,7 @@ class Leadership:
                 if isinstance(error, CdcError) and not error.retriable:
                     raise
                 if not self._reached and failures >= MAX_FIRST_ATTEMPTS:
-                    await self._close()
+                    await self.close()
                     raise _as_unavailable(error) from None
                 health.stand_by(connected=False)
                 log.warning(
@@ -117,7 +117,7 @@ class Leadership:
                     _first_line(error),
                     self._retry_delay(failures),
                 )
-                await self._close()
+                await self.close()
             await _sleep_unless(stop, self._retry_delay(failures))
         return False
 
@@ -144,7 +144,7 @@ class Leadership:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeadershipLost):
                 await keeper
-            await self._close()
+            await self.close()
 
     async def _try_lock(self) -> bool:
         conn = await self._connection()
@@ -197,32 +197,19 @@ class Leadership:
         except psycopg.Error as error:  # no right to signal it: wait for wal_sender_timeout
             log.warning("cannot end the slot's earlier reader: %s", _first_line(error))
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
+        """Close the lock session, which releases the lock if this instance holds it."""
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
 
-    async def close(self) -> None:
-        await self._close()
-
-
-# The session holding a slot's leader lock: pg_locks splits a bigint key into two oids.
-_HOLDER_QUERY = """
-SELECT a.application_name, a.pid
-FROM pg_locks l
-JOIN pg_stat_activity a ON a.pid = l.pid
-CROSS JOIN (SELECT hashtextextended(%s, 0) AS h) k
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND l.classid = ((k.h >> 32) & 4294967295)::oid AND l.objid = (k.h & 4294967295)::oid
-"""
-
 
 async def lock_holder(conn: Conn, slot: str) -> str | None:
     """The application_name of the session leading `slot` now (`cdc run` sets it to
     "wal2vec HOST/PID"), "" if it has none, None if no instance leads."""
-    row = await (await conn.execute(_HOLDER_QUERY, (leader_lock_key(slot),))).fetchone()
+    query = f"SELECT application_name FROM ({ADVISORY_LOCK_HOLDERS}) holders"
+    row = await (await conn.execute(query, (leader_lock_key(slot),))).fetchone()
     return None if row is None else str(row[0] or "")
 
 

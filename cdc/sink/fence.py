@@ -20,7 +20,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from cdc.db import Conn
+from cdc.db import ADVISORY_LOCK_HOLDERS, Conn
 from cdc.errors import LeadershipLost
 from cdc.sink.schema import SinkNames
 
@@ -91,16 +91,11 @@ async def claim_term(
 
 # Sessions of other `cdc run` instances (they name themselves "wal2vec HOST/PID") holding the
 # writer lock; a command's sessions (`dead-letters retry`) are waited for, never ended.
-_STALE_WRITERS = """
-SELECT a.pid, a.application_name, pg_terminate_backend(a.pid)
-FROM pg_locks l
-JOIN pg_stat_activity a ON a.pid = l.pid
-CROSS JOIN (SELECT hashtextextended(%s, 0) AS h) k
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND l.classid = ((k.h >> 32) & 4294967295)::oid AND l.objid = (k.h & 4294967295)::oid
-    AND a.application_name LIKE 'wal2vec %%'
-    AND a.application_name <> current_setting('application_name')
+_STALE_WRITERS = f"""
+SELECT pid, application_name, pg_terminate_backend(pid)
+FROM ({ADVISORY_LOCK_HOLDERS}) holders
+WHERE application_name LIKE 'wal2vec %%'
+    AND application_name <> current_setting('application_name')
 """
 
 

@@ -15,8 +15,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,14 @@ from typing import Any
 import pytest
 
 from tests.backends import Backend
-from tests.harness import DEADLINE, Deployment, assert_in_step, free_port, wait_until
+from tests.harness import (
+    DEADLINE,
+    Deployment,
+    assert_in_step,
+    free_port,
+    http_status,
+    wait_until,
+)
 from tests.pg import TcpPgServer, start_tcp_server
 
 # The local model's settings, as the `[local]` variant's users write them: no endpoint, no key.
@@ -100,16 +105,6 @@ def container_name() -> Iterator[str]:
     podman("rm", "--force", "--ignore", "--time", "0", name)
 
 
-def status_of(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except OSError:
-        return None
-
-
 @pytest.mark.parametrize(("image", "embedding"), IMAGES)
 def test_the_image_streams_answers_its_probes_and_stops_cleanly(
     image: str,
@@ -159,8 +154,8 @@ def test_the_image_streams_answers_its_probes_and_stops_cleanly(
             assert code is None, f"the container exited with {code}:\n{log.read_text()}"
             return condition
 
-        wait_until(lambda: running_and(status_of(base + "/healthz") == 200), what="/healthz 200")
-        wait_until(lambda: running_and(status_of(base + "/readyz") == 200), what="/readyz 200")
+        wait_until(lambda: running_and(http_status(base + "/healthz") == 200), what="/healthz 200")
+        wait_until(lambda: running_and(http_status(base + "/readyz") == 200), what="/readyz 200")
 
         deployment.execute("INSERT INTO articles (id, title, body) VALUES (2, 'After', 'stream')")
         wait_until(

@@ -13,19 +13,20 @@ import re
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from cdc.db import ADVISORY_LOCK_HOLDERS
+from cdc.replication.leadership import leader_lock_key
 from tests.harness import (
     CdcProcess,
     Deployment,
     Workload,
     assert_in_step,
+    http_status,
     scrape,
     wait_until,
 )
@@ -55,15 +56,6 @@ CREATE TRIGGER audit_state AFTER INSERT OR UPDATE OR DELETE ON cdc_state
     FOR EACH STATEMENT EXECUTE FUNCTION audit_write({slot});
 """
 
-HOLDER_QUERY = """
-SELECT a.application_name
-FROM pg_locks l
-JOIN pg_stat_activity a ON a.pid = l.pid
-CROSS JOIN (SELECT hashtextextended(%s, 0) AS h) k
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-    AND l.classid = ((k.h >> 32) & 4294967295)::oid AND l.objid = (k.h & 4294967295)::oid
-"""
-
 
 def pid_of(application_name: str | None) -> int | None:
     match = re.fullmatch(r"wal2vec .*/(\d+)", application_name or "")
@@ -73,7 +65,10 @@ def pid_of(application_name: str | None) -> int | None:
 def leader_pid(deployment: Deployment) -> int | None:
     """The pid of the `cdc run` holding the slot's leader lock now."""
     with deployment.connect() as conn:
-        row = conn.execute(HOLDER_QUERY, (f"wal2vec leader {deployment.slot}",)).fetchone()
+        row = conn.execute(
+            f"SELECT application_name FROM ({ADVISORY_LOCK_HOLDERS}) holders",
+            (leader_lock_key(deployment.slot),),
+        ).fetchone()
     return pid_of(row[0]) if row else None
 
 
@@ -106,16 +101,6 @@ def metrics_port(process: CdcProcess) -> int:
     return int(wait_until(port, what="the metrics port in the log"))
 
 
-def http_status(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except OSError:
-        return None
-
-
 def leader_gauge(deployment: Deployment, port: int) -> float | None:
     return scrape(port, "cdc_leader", f'slot="{deployment.slot}"')
 
@@ -128,8 +113,8 @@ def wait_standing_by(deployment: Deployment, process: CdcProcess) -> None:
         process.assert_running()
         return (
             leader_gauge(deployment, port) == 0
-            and http_status(port, "/healthz") == 200
-            and http_status(port, "/readyz") == 200
+            and http_status(f"http://127.0.0.1:{port}/healthz") == 200
+            and http_status(f"http://127.0.0.1:{port}/readyz") == 200
         )
 
     wait_until(standing_by, what=f"pid {process.process.pid} standing by")
@@ -326,7 +311,7 @@ def test_a_write_after_the_term_ended_is_refused(audited: Deployment) -> None:
     from cdc.sink.store import Sink
     from cdc.sink.writer import SinkWrite
 
-    settings = load_config(deployment_config(audited))
+    settings = load_config(audited.write_config())
     names = SinkNames.of(settings)
 
     async def scenario() -> Any:
@@ -353,10 +338,6 @@ def test_a_write_after_the_term_ended_is_refused(audited: Deployment) -> None:
     assert row == ("new/2", False)
 
 
-def deployment_config(deployment: Deployment) -> str:
-    return str(deployment.write_config())
-
-
 def test_a_claim_ends_a_frozen_instance_holding_the_writer_lock(audited: Deployment) -> None:
     """A write transaction left open by an instance that froze holds the writer lock: the
     claim waits `patience`, ends that instance's session (rolling its write back), and
@@ -368,7 +349,7 @@ def test_a_claim_ends_a_frozen_instance_holding_the_writer_lock(audited: Deploym
     from cdc.sink.fence import claim_term, writer_lock_name
     from cdc.sink.schema import SinkNames
 
-    settings = load_config(deployment_config(audited))
+    settings = load_config(audited.write_config())
     names = SinkNames.of(settings)
     lock = writer_lock_name(names.schema, settings.source.slot)
     frozen = psycopg.connect(audited.sink_conninfo, application_name="wal2vec frozen/1")
