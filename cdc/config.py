@@ -76,6 +76,10 @@ class SinkConfig(_Strict):
     # Rows whose last committed state this process remembers, so unchanged rows skip the
     # sink lookup (about 240 bytes each, shared by the snapshot's writers).
     known_rows: int = Field(200_000, ge=0)
+    # Sink sessions applying each streamed batch at once, its rows split between them by key
+    # (a row always goes to the same one, in order), each committing with a position of its
+    # own. More than one pays when the sink's HNSW inserts, one CPU per session, are the limit.
+    writers: int = Field(1, ge=1, le=16)
 
 
 class EmbeddingConfig(_Strict):

@@ -76,7 +76,11 @@ class Applier:
         rows: Sequence[RowState],
         checkpoint: Position | None,
         positions: Sequence[ResyncPosition] = (),
+        *,
+        writer: int | None = None,
     ) -> ApplyResult:
+        """Embed and write `rows`; `writer`: which parallel writer's share of a batch this
+        is, whose position `checkpoint` is (None: the whole batch)."""
         started = time.monotonic()
         self._metrics.batch_rows.observe(len(rows))
         prints = {row.key: fingerprint(row, self._model) for row in rows if not row.deleted}
@@ -93,6 +97,7 @@ class Applier:
         write = settle(
             plan, result, truncated=truncated, positions=positions, checkpoint=checkpoint
         )
+        write.writer = writer
         self._log_rejections(write)
         await self._sink.writer.write(write)
         self._remember(rows, write, prints)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from cdc.apply.applier import Applier
+from cdc.apply.parallel import WriterPool
 from cdc.config import Settings
 from cdc.db import Conn
 from cdc.metrics import Health, Metrics
@@ -21,7 +22,7 @@ from cdc.pipeline.buffer import Batch, ChangeBuffer
 from cdc.pipeline.observer import StreamObserver
 from cdc.pipeline.quiet import Quiet
 from cdc.replication.lsn import Lsn
-from cdc.replication.positions import Position, PositionRules, StandbyGate
+from cdc.replication.positions import Position, PositionRules, StandbyGate, WriterPositions
 from cdc.replication.stream import ReplicationStream
 from cdc.source.reads import SourceTable
 from cdc.source.resync import ResyncWorker
@@ -46,6 +47,10 @@ class Session:
     checkpoint: Position
     # Per-table resyncs (`cdc resync --table`); its watermark windows see every transaction.
     resyncs: ResyncWorker
+    # The sink writers streamed batches are applied with (`sink.writers`), and where each
+    # writer of the last session stood, as the sink stored them (None: one writer).
+    writers: WriterPool
+    writer_positions: WriterPositions | None = None
 
 
 class Flow:
@@ -54,7 +59,7 @@ class Flow:
     def __init__(self, session: Session, stop: asyncio.Event) -> None:
         self.session = session
         self.stop = stop
-        self.positions = PositionRules(session.checkpoint)
+        self.positions = PositionRules(session.checkpoint, session.writer_positions)
         cfg = session.settings.buffer
         self.buffer = ChangeBuffer(
             max_rows=cfg.max_rows, max_bytes=cfg.max_bytes, position=session.checkpoint

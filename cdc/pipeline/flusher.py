@@ -141,7 +141,7 @@ class Flusher:
     ) -> None:
         rows = await self._toast.row_states(changes)
         positions = [read.position for read in reads]
-        result = await self._flow.session.applier.apply(truncated, rows, checkpoint, positions)
+        result = await self._flow.session.writers.apply(truncated, rows, checkpoint, positions)
         if rows or truncated:
             log.debug(
                 "applied %d rows%s: %d embedded, %d removed, %d unchanged",

@@ -37,6 +37,7 @@ class Reader:
             {name: table.config for name, table in tables.items()},
             {name: table.key_names for name, table in tables.items()},
             changes_to_skip=flow.positions.changes_to_skip,
+            held_in=flow.positions.held_in,
         )
         self.assembler.part_limit = flow.buffer.room
         self._feed_frame = flow.session.stream.plugin.feeder(self.assembler)

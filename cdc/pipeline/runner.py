@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from cdc.apply.applier import Applier
+from cdc.apply.parallel import WriterPool
 from cdc.config import Settings
 from cdc.db import Conn, connect
 from cdc.embedding.factory import ProviderFactory
@@ -300,6 +301,10 @@ async def _session(job: _Job, leader: str | None) -> None:
         parts = await open_parts(stack, settings, job.make_provider, metrics, leader=leader)
         checkpoint = await snapshot_if_needed(parts, metrics, stop)
         health.snapshot_done = True
+        # The positions a previous session's writers stored (a new snapshot cleared them).
+        stored = parts.state.writers if parts.state.snapshot_done else None
+        await parts.sink.use_writers(checkpoint, stored)
+        writers = WriterPool(await _writer_appliers(stack, parts), stored)
         tables = {t.name: t for t in parts.tables}
         resyncs = ResyncWorker(
             settings,
@@ -320,8 +325,21 @@ async def _session(job: _Job, leader: str | None) -> None:
             health=health,
             checkpoint=checkpoint,
             resyncs=resyncs,
+            writers=writers,
+            writer_positions=stored,
         )
         await Streamer(session, stop).run()
+
+
+async def _writer_appliers(stack: AsyncExitStack, parts: Parts) -> list[Applier]:
+    """The session's applier and, for `sink.writers` > 1, one more per writer, each on a sink
+    connection of its own, in the same term (`Sink.sibling`)."""
+    appliers = [parts.applier]
+    for _ in range(parts.settings.sink.writers - 1):
+        conn = await connect(parts.settings.sink_dsn, "sink")
+        stack.push_async_callback(conn.close)
+        appliers.append(parts.applier.sibling(await parts.sink.sibling(conn)))
+    return appliers
 
 
 def _check_model(settings: Settings, state: SinkState) -> None:

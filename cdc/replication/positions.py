@@ -15,12 +15,20 @@ the commit LSN of the transaction and how many of its changes the sink holds. Th
 be confirmed at transaction boundaries (a confirmed position inside a transaction would make the
 server skip the rest of it), so confirmation stays at the last transaction applied whole while
 the checkpoint moves on inside the large one.
+
+With parallel sink writers (`sink.writers`, `cdc.partitions`) each writer commits its share of
+a batch with a position of its own (`WriterPositions`). The slot is confirmed only once all of
+them committed the batch, and a restart resumes from the lowest; between the lowest and the
+highest, each row change is skipped when its own writer holds it (`held_by_writer`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from cdc.partitions import partition_of
+from cdc.replication.changes import Change, RowChange
 from cdc.replication.lsn import Lsn
 
 
@@ -51,13 +59,86 @@ class Position:
             return str(self.lsn)
         return f"{self.lsn} + {self.partial_changes} changes of {self.partial_commit}"
 
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """Sorts the positions of one stream: a transaction's parts come after the boundary
+        before it and before the one after it (the end of a transaction is past its commit)."""
+        return (self.lsn, self.partial_commit or 0, self.partial_changes)
+
+    @property
+    def reach(self) -> Lsn:
+        """The last commit LSN this position holds anything of."""
+        return self.partial_commit if self.partial_commit is not None else self.lsn
+
+    def holds(self, commit_lsn: Lsn, index: int) -> bool:
+        """Whether the sink holds change number `index` (from 1; 0 when not counted: a
+        streamed transaction, never applied in part) of the transaction at `commit_lsn`."""
+        if commit_lsn <= self.lsn:
+            return True
+        return self.partial_commit == commit_lsn and 0 < index <= self.partial_changes
+
+
+def lowest(positions: Sequence[Position]) -> Position:
+    return min(positions, key=lambda position: position.order)
+
+
+# Which of a transaction's row changes a writer already holds: (change number, change) -> bool.
+HeldFilter = Callable[[int, RowChange], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterPositions:
+    """Where each parallel sink writer stands, as the sink stored it: writer i applied the
+    rows of partition i of `len(positions)` (`cdc.partitions`) up to `positions[i]`."""
+
+    positions: tuple[Position, ...]
+
+    @property
+    def lowest(self) -> Position:
+        """Where the sink as a whole stands: every writer holds everything up to here."""
+        return lowest(self.positions)
+
+    @property
+    def even(self) -> bool:
+        return len(set(self.positions)) <= 1
+
+    def moves(self, writer: int, position: Position) -> bool:
+        """Whether `writer` should save `position`: never behind where it stood. While the
+        others catch up with it, its shares are empty (it holds them) and its position
+        stays, so a second crash still finds it where it was."""
+        return position.order > self.positions[writer].order
+
+    def held_in(self, commit_lsn: Lsn) -> HeldFilter | None:
+        """For the transaction at `commit_lsn`: which row changes their writer holds. None
+        when no writer holds any (past every position, or all writers stand together)."""
+        if self.even or all(commit_lsn > p.reach for p in self.positions):
+            return None
+        positions, writers = self.positions, len(self.positions)
+
+        def held(index: int, change: RowChange) -> bool:
+            writer = partition_of(change.table, change.source_id, writers)
+            return positions[writer].holds(commit_lsn, index)
+
+        return held
+
+
+def held_by_writer(held: HeldFilter | None, index: int, changes: list[Change]) -> list[Change]:
+    """`changes` (all from change number `index`) less the row changes `held` says are in
+    the sink. A truncate is never held by one writer alone: batches with one are applied by
+    all writers together."""
+    if held is None:
+        return changes
+    return [c for c in changes if not (isinstance(c, RowChange) and held(index, c))]
+
 
 class PositionRules:
     """The position of the sink and of the slot, moved by events; never backwards."""
 
-    def __init__(self, checkpoint: Position) -> None:
+    def __init__(self, checkpoint: Position, writers: WriterPositions | None = None) -> None:
         self.checkpoint = checkpoint
         self.confirmable = checkpoint.lsn
+        # The parallel writers' positions at the start, when they differ (after a crash).
+        self._writers = writers if writers is not None and not writers.even else None
 
     def already_applied(self, commit_lsn: Lsn, end_lsn: Lsn | None) -> bool:
         """Whether the sink holds all of this transaction (`end_lsn` None: a part of one whose
@@ -73,6 +154,13 @@ class PositionRules:
         if checkpoint.partial_commit is not None and checkpoint.partial_commit == commit_lsn:
             return checkpoint.partial_changes
         return 0
+
+    def held_in(self, commit_lsn: Lsn) -> HeldFilter | None:
+        """Which row changes of the transaction at `commit_lsn` one writer already holds
+        beyond the checkpoint (None: none; see `WriterPositions.held_in`)."""
+        if self._writers is None:
+            return None
+        return self._writers.held_in(commit_lsn)
 
     def applied(self, position: Position) -> Lsn:
         """The sink committed everything up to `position`: it is the new checkpoint. Returns

@@ -9,7 +9,8 @@ A plain transaction is sent only once it committed (its Begin carries the commit
 can be handed on in parts before its Commit arrives: once it holds `part_limit` changes, `feed`
 returns what it has as a part (`Transaction.through`), and memory stays bounded whatever the
 transaction's size. After a restart, the changes of a transaction the sink already holds in
-part are skipped (`changes_to_skip`), counted the same way.
+part are skipped (`changes_to_skip`), counted the same way; and with parallel sink writers,
+the row changes their own writer already holds (`held_in`, `cdc.replication.positions`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from cdc.replication.messages import (
     Truncate,
     Update,
 )
+from cdc.replication.positions import HeldFilter, held_by_writer
 
 
 @dataclass(slots=True)
@@ -67,10 +69,17 @@ class _OpenPlain(_Open):
     # first ones the sink already holds.
     received: int = 0
     skip: int = 0
+    # Which later row changes one of the sink's parallel writers already holds (a restart
+    # between their commits); None almost always.
+    held: HeldFilter | None = None
 
 
 def _skip_none(commit_lsn: Lsn) -> int:
     return 0
+
+
+def _held_none(commit_lsn: Lsn) -> HeldFilter | None:
+    return None
 
 
 class TransactionAssembler:
@@ -82,11 +91,13 @@ class TransactionAssembler:
         keys: Mapping[str, tuple[str, ...]] | None = None,
         *,
         changes_to_skip: Callable[[Lsn], int] = _skip_none,
+        held_in: Callable[[Lsn], HeldFilter | None] = _held_none,
     ) -> None:
         self._tables = tables
         # Primary key columns per table, from the catalog; else the relation's key flags.
         self._keys = keys or {}
         self._changes_to_skip = changes_to_skip
+        self._held_in = held_in
         # A plain transaction holding this many changes is handed on as a part; the caller
         # sets it to the room left in its buffer.
         self.part_limit = 1 << 62
@@ -125,6 +136,7 @@ class TransactionAssembler:
                 commit_lsn=message.final_lsn,
                 commit_time=message.commit_time,
                 skip=self._changes_to_skip(message.final_lsn),
+                held=self._held_in(message.final_lsn),
             )
         elif isinstance(message, Commit):
             return self._commit_plain(message)
@@ -190,6 +202,8 @@ class TransactionAssembler:
             if shape is None:
                 return
             changes = _row_changes(shape, message)
+        if stream is None and self._plain is not None and self._plain.held is not None:
+            changes = held_by_writer(self._plain.held, self._plain.received, changes)
         target.changes += changes
         if stream is not None:
             target.subxids += [message.xid] * len(changes)
@@ -236,6 +250,10 @@ class TransactionAssembler:
     def _commit_streamed(self, commit: StreamCommit) -> Transaction:
         # A streamed transaction with no change of ours has nothing kept for it.
         opened = self._streamed.pop(commit.xid, None) or _Open(commit.xid)
+        held = self._held_in(commit.commit_lsn)
+        if held is not None:
+            # Streamed transactions are applied whole, so their changes are not counted.
+            opened.changes = held_by_writer(held, 0, opened.changes)
         return _committed(opened, commit.commit_lsn, commit.end_lsn, commit.commit_time)
 
     def _abort_streamed(self, abort: StreamAbort) -> None:

@@ -94,7 +94,10 @@ def state_ddl(names: SinkNames) -> list[sql.Composed]:
             # The instance leading the slot and its term's token (`cdc.sink.fence`).
             "    leader text,\n"
             "    leader_token uuid,\n"
-            "    leader_since timestamptz\n"
+            "    leader_since timestamptz,\n"
+            # With parallel writers (`sink.writers`), each one's position: a JSON array of
+            # [checkpoint, partial commit, partial changes] (`cdc.sink.state`).
+            "    writer_positions jsonb\n"
             ")"
         ).format(names.state),
         sql.SQL(
@@ -165,6 +168,14 @@ def state_upgrades(names: SinkNames) -> list[tuple[sql.Identifier, str, sql.Comp
                 "ADD COLUMN IF NOT EXISTS leader_token uuid, "
                 "ADD COLUMN IF NOT EXISTS leader_since timestamptz"
             ).format(names.state),
+        ),
+        # Parallel writers' positions (`cdc.sink.state`).
+        (
+            names.state,
+            "writer_positions",
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS writer_positions jsonb").format(
+                names.state
+            ),
         ),
     ]
 

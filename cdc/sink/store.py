@@ -11,6 +11,7 @@ from pgvector.psycopg import register_vector_async
 from cdc.config import Settings
 from cdc.db import Conn
 from cdc.replication.lsn import Lsn
+from cdc.replication.positions import Position, WriterPositions
 from cdc.sink.fence import Fence, writer_lock_name
 from cdc.sink.progress import ProgressStore
 from cdc.sink.reads import SinkReads
@@ -71,3 +72,8 @@ class Sink:
         """`StateStore.mark_snapshot`, in the leader's term like every other write."""
         async with self.writer.fenced():
             await self.state.mark_snapshot(done=done, checkpoint=checkpoint)
+
+    async def use_writers(self, position: Position, stored: WriterPositions | None) -> None:
+        """`StateStore.use_writers`, in the leader's term like every other write."""
+        async with self.writer.fenced():
+            await self.state.use_writers(position, stored)

@@ -47,6 +47,9 @@ class SinkWrite:
     # Per-table resync positions this write covers: saved with it.
     positions: list[ResyncPosition] = field(default_factory=list)
     checkpoint: Position | None = None
+    # Which of the parallel writers (`sink.writers`) this is, whose position the checkpoint
+    # is; None: all of them (or the only one).
+    writer: int | None = None
 
     def is_empty(self) -> bool:
         return not (
@@ -108,19 +111,21 @@ class SinkWriter:
             await self._record_dead_letters(batch.dead_letters)
             await self._progress.save_positions(batch.positions)
             if batch.checkpoint is not None:
-                await self._state.save_checkpoint(batch.checkpoint)
+                await self._state.save_checkpoint(batch.checkpoint, batch.writer)
 
     @asynccontextmanager
     async def fenced(self) -> AsyncIterator[None]:
         """A transaction holding this slot's writer lock, in the leader's term if it has one.
 
-        The lock first, the term's check after it, in two statements: under READ COMMITTED
-        each statement reads what was committed when it began, and only once the lock is held
-        has every claim that could end the term committed.
+        The lock is shared: the stream's parallel writers and the snapshot's write at once,
+        and what must not run beside them takes it exclusively (a claim of a new term, a
+        `writer_lock` holder). The lock first, the term's check after it, in two statements:
+        under READ COMMITTED each statement reads what was committed when it began, and only
+        once the lock is held has every claim that could end the term committed.
         """
         async with self._conn.transaction():
             await self._conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_name,)
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (self._lock_name,)
             )
             if self._fence is not None:
                 await self._fence.check(self._conn)
@@ -128,7 +133,8 @@ class SinkWriter:
 
     @asynccontextmanager
     async def writer_lock(self) -> AsyncIterator[None]:
-        """Hold this slot's sink writer lock, which every `write` takes for its transaction.
+        """Hold this slot's sink writer lock exclusively (every `write` takes it shared for
+        its transaction), until the block ends.
 
         A writer that reads the source outside the stream (`cdc dead-letters retry`) holds it
         from its read to its commit, so no change committed after its read can reach the sink
