@@ -366,9 +366,12 @@ class Context:
 
 
 @contextlib.contextmanager
-def deployment(ctx: Context, name: str) -> Iterator[Deployment]:
-    """A fresh database with `articles`, a fresh slot, a wal2vec config at 1536 dimensions."""
-    extra = {"embedding": {"dimensions": DIMENSIONS}, "buffer": ctx.buffer}
+def deployment(ctx: Context, name: str, *, writers: int = 1) -> Iterator[Deployment]:
+    """A fresh database with `articles`, a fresh slot, a wal2vec config at 1536 dimensions
+    (with `writers` parallel sink writers)."""
+    extra: dict[str, Any] = {"embedding": {"dimensions": DIMENSIONS}, "buffer": ctx.buffer}
+    if writers != 1:
+        extra["sink"] = {"writers": writers}
     with new_deployment(
         ctx.server, ctx.base_url, ctx.workdir / name, [ARTICLES], extra, ctx.exit_codes
     ) as dep:

@@ -56,10 +56,8 @@ from cdc.config import BufferConfig  # noqa: E402
 
 BODY_WORDS = 71  # ~550 characters
 PGAI_ENV = "WAL2VEC_BENCH_PGAI_VENV"
-WRITERS_NOTE = (
-    "not reported: sink.writers (issue 14, part 1) is not implemented yet; every figure is one "
-    "sink session"
-)
+# sink.writers reported beside the one-writer runs (rows a and b).
+MORE_WRITERS = (2, 4)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -160,6 +158,18 @@ def streaming_with_index(ctx: e2e.Context, results: dict[str, Any]) -> None:
             probe.close()
 
 
+def more_writers(ctx: e2e.Context, writers: int, keep_index: bool) -> dict[str, Any]:
+    """The inserts again, applied by `writers` parallel sink writers."""
+    name = f"{'with' if keep_index else 'without'}-index-writers-{writers}"
+    with e2e.deployment(ctx, name, writers=writers) as dep:
+        probe = e2e.SinkProbe(dep)
+        try:
+            _, result = e2e.insert_variant(ctx, dep, probe, keep_index=keep_index)
+            return result
+        finally:
+            probe.close()
+
+
 def pgai_worker(venv: Path | None) -> dict[str, Any]:
     """pgai's vectorizer worker, only if installed in `venv` (this bench never installs it)."""
     if venv is None:
@@ -240,7 +250,21 @@ def table(results: dict[str, Any]) -> dict[str, Any]:
             "samples": latency.get("samples"),
             "aim": "p50 <= 50",
         },
-        "sink_writers": WRITERS_NOTE,
+        "sink_writers": {
+            "with_index": by_writers(results, "insert_with_index", copy_index),
+            "without_index": by_writers(results, "insert_without_index", copy_plain),
+        },
+    }
+
+
+def by_writers(results: dict[str, Any], name: str, reference: float | None) -> dict[str, Any]:
+    """Rows/s and the ratio to COPY for each `sink.writers` measured."""
+    runs = {"1": part(results, name, "rows_per_s")}
+    for writers in MORE_WRITERS:
+        runs[str(writers)] = part(results, f"{name}_writers_{writers}", "rows_per_s")
+    return {
+        writers: {"rows_per_s": rows, "ratio_to_copy": ratio(rows, reference)}
+        for writers, rows in runs.items()
     }
 
 
@@ -267,6 +291,14 @@ def run_parts(ctx: e2e.Context, args: argparse.Namespace) -> dict[str, Any]:
     attempt(results, "copy_baseline", lambda: copy_baseline(ctx))
     attempt(results, "insert_without_index", lambda: e2e.insert_without_index(ctx))
     streaming_with_index(ctx, results)
+    for writers in MORE_WRITERS:
+        for keep_index in (True, False):
+            name = f"insert_{'with' if keep_index else 'without'}_index_writers_{writers}"
+            attempt(
+                results,
+                name,
+                lambda w=writers, k=keep_index: more_writers(ctx, w, k),
+            )
     return results
 
 
