@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
@@ -230,6 +231,18 @@ def scrape(
         if keep(name, line):
             values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return values
+
+
+def endpoint_stats(base_url: str) -> dict[str, float]:
+    """The bench endpoint's own clock (`GET {base_url}/stats`, `bench.fast_endpoint`): the wall
+    time it spent serving at least one request, and the requests; {} from an endpoint without
+    one (the tests' fake server)."""
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/stats", timeout=10) as response:
+            stats: dict[str, float] = json.loads(response.read())
+            return stats
+    except urllib.error.HTTPError:
+        return {}
 
 
 # ---- databases and deployments -------------------------------------------------------------

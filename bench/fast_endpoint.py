@@ -15,6 +15,11 @@ client is measured) the stored bytes cost the same.
     python -m bench.fast_endpoint --dimensions 1536 --port 0   # prints its base URL
 
 `measure_ceiling` asks it directly, as wal2vec's client does, and says what it can serve.
+
+`GET /v1/stats` says for how long, in all, at least one request was being served
+(`busy_seconds`, a union of intervals, so concurrent requests are not counted twice) and how
+many were: the bench's stage breakdown takes the embedding's wall time from there
+(`bench.e2e.stages`), as the streamer's own request timer sums over concurrent requests.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -110,17 +116,56 @@ def float_answer(texts: list[str], dimensions: int, model: str, usage: dict[str,
     return (head + '"data": [' + ", ".join(items) + "]}").encode()
 
 
-def make_handler(dimensions: int) -> type[BaseHTTPRequestHandler]:
+class BusyClock:
+    """Wall time during which at least one request was in the server: from reading a request
+    to having written its answer. Thread-safe (one thread per connection)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._since = 0.0  # when in_flight last went from 0 to 1
+        self._busy = 0.0  # closed busy intervals
+        self._requests = 0
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        with self._lock:
+            if self._in_flight == 0:
+                self._since = time.monotonic()
+            self._in_flight += 1
+            self._requests += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._busy += time.monotonic() - self._since
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            busy = self._busy + (time.monotonic() - self._since if self._in_flight else 0.0)
+            return {"busy_seconds": busy, "requests": float(self._requests)}
+
+
+def make_handler(dimensions: int, clock: BusyClock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI client expects
         disable_nagle_algorithm = True  # headers and body go out at once, no delayed ACK
 
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if not self.path.rstrip("/").endswith("/embeddings"):
+            with clock.serving():
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not self.path.rstrip("/").endswith("/embeddings"):
+                    self._send(404, b'{"error": {"message": "not found"}}')
+                    return
+                self._send(200, answer(body, dimensions))
+
+        def do_GET(self) -> None:
+            if not self.path.rstrip("/").endswith("/stats"):
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return
-            self._send(200, answer(body, dimensions))
+            self._send(200, json.dumps(clock.stats()).encode())
 
         def _send(self, status: int, payload: bytes) -> None:
             self.send_response(status)
@@ -184,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dimensions", type=int, default=1536)
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.dimensions))
+    handler = make_handler(args.dimensions, BusyClock())
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"http://127.0.0.1:{server.server_address[1]}/v1", flush=True)
