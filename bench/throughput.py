@@ -9,7 +9,8 @@ its own ceiling measured first), and `cdc run` as a subprocess. Rows are a 6-wor
 a. rows/s streamed into the sink with its HNSW index, against one session's binary COPY of the
    same vectors into an empty table with the same index;
 b. the same without the index, against binary COPY without it;
-c. pgai's vectorizer worker, when installed in a separate venv (`--pgai-venv`), else
+c. b's figure against pgai's vectorizer worker on the same rows (batch 500, concurrency 4,
+   no index; `bench/pgai_worker.py`), when installed in a separate venv (`--pgai-venv`), else
    "not installed";
 d. non-content updates through the pipeline, against `pg_recvlogical` reading the same WAL to
    /dev/null;
