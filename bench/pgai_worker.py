@@ -101,15 +101,18 @@ class PgaiVenv:
         return str(self.root / "bin" / "pgai")
 
     def env(self) -> dict[str, str]:
-        """The worker's environment: the key it asks for, the shipped tiktoken cache; nothing of
-        the bench's own Python setup (PYTHONPATH would put this repository on its path)."""
-        env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
-        env |= {
+        """The worker's environment: the key it asks for, the shipped tiktoken cache."""
+        return own_env() | {
             "OPENAI_API_KEY": "wal2vec-bench",
             "TIKTOKEN_CACHE_DIR": self.tiktoken_cache,
             "DD_TRACE_ENABLED": "false",
         }
-        return env
+
+
+def own_env() -> dict[str, str]:
+    """This environment without the bench's own Python setup (PYTHONPATH would put this
+    repository, and its `bench` and `tests`, on the venv's path)."""
+    return {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
 
 
 def find_venv(venv: Path | None) -> PgaiVenv | dict[str, Any]:
@@ -125,10 +128,11 @@ def find_venv(venv: Path | None) -> PgaiVenv | dict[str, Any]:
         text=True,
         timeout=120,
         check=False,
+        env=own_env(),
     )
     if found.returncode != 0:
-        tail = found.stderr.strip()[-500:]
-        return {"status": "not installed", "looked_in": str(venv), "probe": tail}
+        last = (found.stderr.strip().splitlines() or [""])[-1]  # the exception, not the trace
+        return {"status": "not installed", "looked_in": str(venv), "probe": last[-300:]}
     probe = json.loads(found.stdout)
     if probe["missing"]:
         return {
