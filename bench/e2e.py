@@ -72,6 +72,7 @@ from bench.common import (  # noqa: E402
     rate,
     ratio,
     scrape,
+    settled_stages,
     sync_lsn,
     vocabulary,
     work_directory,
@@ -429,7 +430,7 @@ def timed_inserts(
         inserted = time.perf_counter() - started
         wait_checkpoint(probe, process, sync_lsn(dep), timeout)
         seconds = time.perf_counter() - started
-    after, busy_after = scrape(process), endpoint_stats(dep.base_url)
+    after, busy_after = settled_stages(process), endpoint_stats(dep.base_url)
     vectors = probe.vector_count()
     if vectors != len(rows):
         raise AssertionError(f"the sink holds {vectors} vectors for {len(rows)} rows")
@@ -596,7 +597,7 @@ def wal2vec_updates(
 ) -> dict[str, Any]:
     """Start `cdc run` on the backlog and time until its checkpoint passes `endpos`."""
     process, seconds = timed_restart(ctx, dep, probe, endpos, "non_content_updates")
-    after = scrape(process)
+    after = settled_stages(process)
     process.stop()
     return {
         "wal2vec_seconds": round(seconds, 3),
