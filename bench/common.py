@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
@@ -205,6 +206,7 @@ def stop_all(deployment: Deployment) -> list[int | None]:
 
 METRICS_PORT = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 STAGE_SERIES = (
+    "cdc_batch_rows_count",
     "cdc_flush_seconds_sum",
     "cdc_flush_seconds_count",
     "cdc_embedding_request_seconds_sum",
@@ -230,6 +232,32 @@ def scrape(
         if keep(name, line):
             values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return values
+
+
+def endpoint_stats(base_url: str) -> dict[str, float]:
+    """The bench endpoint's own clock (`GET {base_url}/stats`, `bench.fast_endpoint`): the wall
+    time it spent serving at least one request, and the requests; {} from an endpoint without
+    one (the tests' fake server)."""
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/stats", timeout=10) as response:
+            stats: dict[str, float] = json.loads(response.read())
+            return stats
+    except urllib.error.HTTPError:
+        return {}
+
+
+def settled_stages(process: CdcProcess, timeout: float = 10.0) -> dict[str, float]:
+    """The stage timers once every flush begun has been timed. A flush's batch is counted as
+    it begins (`cdc_batch_rows`) and its time observed after its transaction committed, so a
+    scrape made as soon as the checkpoint is seen can miss the last flush's time while it
+    already holds that flush's embedding requests."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = scrape(process)
+        begun = values.get("cdc_batch_rows_count", 0.0)
+        if values.get("cdc_flush_seconds_count", 0.0) >= begun or time.monotonic() > deadline:
+            return values
+        time.sleep(0.005)  # the polling interval of a deadline wait
 
 
 # ---- databases and deployments -------------------------------------------------------------

@@ -32,6 +32,7 @@ from bench.common import (  # noqa: E402
     rate,
     ratio,
     scrape,
+    settled_stages,
     stop_all,
     sync_lsn,
 )
@@ -106,7 +107,8 @@ def one_run(
             insert_rows(conn, rows, INSERT_BATCH)
             wait_checkpoint(probe, process, sync_lsn(dep), args.timeout)
             seconds = time.perf_counter() - started
-        after, stage_after = scrape(process, embedding_counts), scrape(process)
+        stage_after = settled_stages(process)
+        after = scrape(process, embedding_counts)
         if probe.vector_count() != len(rows):
             raise AssertionError(f"{probe.vector_count()} vectors for {len(rows)} rows")
         requests = after.get(OK_REQUESTS, 0) - before.get(OK_REQUESTS, 0)

@@ -62,6 +62,7 @@ from bench.common import (  # noqa: E402
     copy_connection,
     embedded_server,
     emit_report,
+    endpoint_stats,
     environment,
     failed_parts,
     fake_endpoint,
@@ -71,6 +72,7 @@ from bench.common import (  # noqa: E402
     rate,
     ratio,
     scrape,
+    settled_stages,
     sync_lsn,
     vocabulary,
     work_directory,
@@ -284,20 +286,43 @@ def short_frame(frame: str) -> str:
 # ---- what `cdc run` says about itself (its /metrics) -------------------------------------
 
 
-def stages(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
-    """Where the wall time went, by the streamer's own timers (flush = embed + sink writes)."""
+def stages(
+    before: dict[str, float],
+    after: dict[str, float],
+    seconds: float,
+    endpoint_busy: float | None = None,
+) -> dict[str, Any]:
+    """Where the wall time went, by the streamer's own timers (flush = embed + sink writes),
+    and the endpoint's busy clock when it has one (`endpoint_busy`, seconds in the same window).
+
+    Only wall times are subtracted from wall times: flushes run one at a time, but up to
+    `embedding.concurrency` requests of a flush are in flight at once, so the request timer's
+    sum can exceed the flush time (it came out 0.76 s larger). The embedding's wall time is the
+    endpoint's busy time (at least one request being served); a streamer embeds only inside a
+    flush, so it is a part of the flush time and the rest (the client's side of the requests,
+    reading what the sink holds, writing vectors and checkpoint) cannot be negative. Without
+    that clock, only a lower bound of the rest is known."""
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     flush, embed = delta("cdc_flush_seconds_sum"), delta("cdc_embedding_request_seconds_sum")
-    return {
+    result: dict[str, Any] = {
         "flushes": int(delta("cdc_flush_seconds_count")),
+        "flush_seconds": round(flush, 3),
         "embedding_requests": int(delta("cdc_embedding_request_seconds_count")),
-        "embedding_request_seconds": round(embed, 3),
-        "flush_seconds_other_than_embedding": round(flush - embed, 3),
+        "embedding_request_seconds_summed": round(embed, 3),
+        # Requests in flight on average while flushing: above 1, requests overlapped.
+        "embedding_requests_in_flight_mean": round(embed / flush, 2) if flush > 0 else None,
         "outside_flushes_seconds": round(seconds - flush, 3),
     }
+    if endpoint_busy is not None:
+        result["endpoint_busy_seconds"] = round(endpoint_busy, 3)
+        result["flush_seconds_other_than_endpoint"] = round(flush - endpoint_busy, 3)
+    else:
+        # The embedding's wall time is at most the summed request time.
+        result["flush_seconds_other_than_embedding_at_least"] = round(max(0.0, flush - embed), 3)
+    return result
 
 
 # ---- the sink side -------------------------------------------------------------------------
@@ -401,14 +426,14 @@ def insert_rows(
 def timed_inserts(
     dep: Deployment, probe: SinkProbe, process: CdcProcess, rows: Sequence[Row], timeout: float
 ) -> dict[str, Any]:
-    before = scrape(process)
+    before, busy_before = scrape(process), endpoint_stats(dep.base_url)
     with dep.connect() as conn:
         started = time.perf_counter()
         insert_rows(conn, rows, INSERT_BATCH)
         inserted = time.perf_counter() - started
         wait_checkpoint(probe, process, sync_lsn(dep), timeout)
         seconds = time.perf_counter() - started
-    after = scrape(process)
+    after, busy_after = settled_stages(process), endpoint_stats(dep.base_url)
     vectors = probe.vector_count()
     if vectors != len(rows):
         raise AssertionError(f"the sink holds {vectors} vectors for {len(rows)} rows")
@@ -417,8 +442,14 @@ def timed_inserts(
         "seconds": round(seconds, 3),
         "insert_only_seconds": round(inserted, 3),
         "rows_per_s": rate(len(rows), seconds),
-        "stages": stages(before, after, seconds),
+        "stages": stages(before, after, seconds, busy_between(busy_before, busy_after)),
     }
+
+
+def busy_between(before: dict[str, float], after: dict[str, float]) -> float | None:
+    if "busy_seconds" not in before or "busy_seconds" not in after:
+        return None
+    return after["busy_seconds"] - before["busy_seconds"]
 
 
 def insert_variant(
@@ -569,7 +600,7 @@ def wal2vec_updates(
 ) -> dict[str, Any]:
     """Start `cdc run` on the backlog and time until its checkpoint passes `endpos`."""
     process, seconds = timed_restart(ctx, dep, probe, endpos, "non_content_updates")
-    after = scrape(process)
+    after = settled_stages(process)
     process.stop()
     return {
         "wal2vec_seconds": round(seconds, 3),

@@ -6,9 +6,20 @@ be the limit: each vector is a mix of a few precomputed unit vectors picked by t
 estimated (characters / 4), not counted. `cheap_vector` is also what the bench's COPY baseline
 stores, so both write the same vectors.
 
+A client that asks for `"encoding_format": "float"` (pgai's worker does) gets JSON numbers:
+formatting 1536 floats costs ~0.8 ms, which would make the endpoint the limit, so those answers
+are the text's first pooled vector alone, whose JSON text is formatted once (`float_text`). Its
+direction differs from `cheap_vector`'s; where no index is built (the only place a float
+client is measured) the stored bytes cost the same.
+
     python -m bench.fast_endpoint --dimensions 1536 --port 0   # prints its base URL
 
 `measure_ceiling` asks it directly, as wal2vec's client does, and says what it can serve.
+
+`GET /v1/stats` says for how long, in all, at least one request was being served
+(`busy_seconds`, a union of intervals, so concurrent requests are not counted twice) and how
+many were: the bench's stage breakdown takes the embedding's wall time from there
+(`bench.e2e.stages`), as the streamer's own request timer sums over concurrent requests.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -59,42 +71,101 @@ def cheap_vector(text: str, dimensions: int) -> np.ndarray[Any, np.dtype[np.floa
     return vector.astype("<f4", copy=False)
 
 
+@lru_cache(maxsize=POOL * 2)
+def float_text(pick: int, dimensions: int) -> str:
+    """Pooled vector `pick` as a JSON array of numbers, formatted once."""
+    return json.dumps(_pool(dimensions)[pick].tolist())
+
+
+def float_vector_text(text: str, dimensions: int) -> str:
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest()
+    return float_text(int.from_bytes(digest, "little") % POOL, dimensions)
+
+
 def answer(body: bytes, dimensions: int) -> bytes:
     """The JSON answer to one `/embeddings` request body."""
     request = json.loads(body)
     texts = request["input"]
-    texts = [texts] if isinstance(texts, str) else texts
+    texts = [str(text) for text in ([texts] if isinstance(texts, str) else texts)]
     wanted = request.get("dimensions") or dimensions
+    tokens = sum(len(text) // 4 + 1 for text in texts)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    model = request.get("model", "fake")
+    if request.get("encoding_format") == "float":
+        return float_answer(texts, wanted, model, usage)
     data = [
         {
             "object": "embedding",
             "index": index,
-            "embedding": base64.b64encode(cheap_vector(str(text), wanted).tobytes()).decode(),
+            "embedding": base64.b64encode(cheap_vector(text, wanted).tobytes()).decode(),
         }
         for index, text in enumerate(texts)
     ]
-    tokens = sum(len(str(text)) // 4 + 1 for text in texts)
-    return json.dumps(
-        {
-            "object": "list",
-            "data": data,
-            "model": request.get("model", "fake"),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    ).encode()
+    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
 
 
-def make_handler(dimensions: int) -> type[BaseHTTPRequestHandler]:
+def float_answer(texts: list[str], dimensions: int, model: str, usage: dict[str, int]) -> bytes:
+    """The answer with JSON numbers, spliced from preformatted arrays (json.dumps of the whole
+    answer would format every float again)."""
+    items = (
+        f'{{"object": "embedding", "index": {index}, '
+        f'"embedding": {float_vector_text(text, dimensions)}}}'
+        for index, text in enumerate(texts)
+    )
+    head = f'{{"object": "list", "model": {json.dumps(model)}, "usage": {json.dumps(usage)}, '
+    return (head + '"data": [' + ", ".join(items) + "]}").encode()
+
+
+class BusyClock:
+    """Wall time during which at least one request was in the server: from reading a request
+    to having written its answer. Thread-safe (one thread per connection)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._since = 0.0  # when in_flight last went from 0 to 1
+        self._busy = 0.0  # closed busy intervals
+        self._requests = 0
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        with self._lock:
+            if self._in_flight == 0:
+                self._since = time.monotonic()
+            self._in_flight += 1
+            self._requests += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._busy += time.monotonic() - self._since
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            busy = self._busy + (time.monotonic() - self._since if self._in_flight else 0.0)
+            return {"busy_seconds": busy, "requests": float(self._requests)}
+
+
+def make_handler(dimensions: int, clock: BusyClock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI client expects
         disable_nagle_algorithm = True  # headers and body go out at once, no delayed ACK
 
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if not self.path.rstrip("/").endswith("/embeddings"):
+            with clock.serving():
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not self.path.rstrip("/").endswith("/embeddings"):
+                    self._send(404, b'{"error": {"message": "not found"}}')
+                    return
+                self._send(200, answer(body, dimensions))
+
+        def do_GET(self) -> None:
+            if not self.path.rstrip("/").endswith("/stats"):
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return
-            self._send(200, answer(body, dimensions))
+            self._send(200, json.dumps(clock.stats()).encode())
 
         def _send(self, status: int, payload: bytes) -> None:
             self.send_response(status)
@@ -109,14 +180,19 @@ def make_handler(dimensions: int) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def measure_ceiling(
-    base_url: str, texts: list[str], batch: int, clients: int = 2, seconds: float = 3.0
+def measure_ceiling(  # noqa: PLR0917
+    base_url: str,
+    texts: list[str],
+    batch: int,
+    clients: int = 2,
+    seconds: float = 3.0,
+    encoding: str = "base64",
 ) -> dict[str, Any]:
-    """Requests of `batch` texts from `clients` threads for `seconds`: what it can serve."""
+    """Requests of `batch` texts from `clients` threads for `seconds`: what it can serve
+    (the answers are read whole, not parsed)."""
     url = urlsplit(base_url)
-    payload = json.dumps(
-        {"input": texts[:batch], "model": "m", "encoding_format": "base64"}
-    ).encode()
+    request = {"input": texts[:batch], "model": "m", "encoding_format": encoding}
+    payload = json.dumps(request).encode()
     counts = [0] * clients
     deadline = time.monotonic() + seconds
 
@@ -140,6 +216,7 @@ def measure_ceiling(
     inputs = len(texts[:batch])
     return {
         "batch_inputs": inputs,
+        "encoding_format": encoding,
         "clients": clients,
         "seconds": round(elapsed, 2),
         "requests_per_s": round(sum(counts) / elapsed, 1),
@@ -152,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dimensions", type=int, default=1536)
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.dimensions))
+    handler = make_handler(args.dimensions, BusyClock())
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"http://127.0.0.1:{server.server_address[1]}/v1", flush=True)

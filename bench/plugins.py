@@ -65,7 +65,7 @@ from bench.common import (  # noqa: E402
     quiet_warnings,
     rate,
     ratio,
-    scrape,
+    settled_stages,
     stop_all,
     sync_lsn,
     work_directory,
@@ -329,7 +329,7 @@ def non_content_updates(
     if process is None:
         return result
     backlog = timed_restart(dep, probe, endpos, timeout)
-    after = scrape(backlog.process)
+    after = settled_stages(backlog.process)
     backlog.process.stop()
     seconds, streaming = backlog.seconds, backlog.seconds - backlog.startup
     return result | {

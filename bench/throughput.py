@@ -9,7 +9,8 @@ its own ceiling measured first), and `cdc run` as a subprocess. Rows are a 6-wor
 a. rows/s streamed into the sink with its HNSW index, against one session's binary COPY of the
    same vectors into an empty table with the same index;
 b. the same without the index, against binary COPY without it;
-c. pgai's vectorizer worker, when installed in a separate venv (`--pgai-venv`), else
+c. b's figure against pgai's vectorizer worker on the same rows (batch 500, concurrency 4,
+   no index; `bench/pgai_worker.py`), when installed in a separate venv (`--pgai-venv`), else
    "not installed";
 d. non-content updates through the pipeline, against `pg_recvlogical` reading the same WAL to
    /dev/null;
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `bench` and the harness (`tests`) are not installed
 
 from bench import e2e  # noqa: E402
+from bench import pgai_worker as pgai  # noqa: E402
 from bench.common import (  # noqa: E402
     SERVER_EXTRA,
     attempt,
@@ -170,27 +171,13 @@ def more_writers(ctx: e2e.Context, writers: int, keep_index: bool) -> dict[str, 
             probe.close()
 
 
-def pgai_worker(venv: Path | None) -> dict[str, Any]:
-    """pgai's vectorizer worker, only if installed in `venv` (this bench never installs it)."""
-    if venv is None:
-        return {"status": "not installed", "hint": f"--pgai-venv DIR or {PGAI_ENV}"}
-    python = venv / "bin" / "python"
-    if not python.exists():
-        return {"status": "not installed", "looked_in": str(venv)}
-    found = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m; print(m.version('pgai'))"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if found.returncode != 0:
-        return {"status": "not installed", "looked_in": str(venv)}
-    return {
-        "status": "installed, not run",
-        "version": found.stdout.strip(),
-        "note": "driving pgai's worker (batch 500, 4 workers) is not implemented in this bench",
-    }
+def pgai_worker(ctx: e2e.Context, venv: Path | None) -> dict[str, Any]:
+    """pgai's vectorizer worker on the no-index run's rows, if installed in `venv` (this bench
+    never installs it); else why not, as the row's status."""
+    found = pgai.find_venv(venv)
+    if not isinstance(found, pgai.PgaiVenv):
+        return found
+    return pgai.measure(found, ctx)
 
 
 # ---- the report ----------------------------------------------------------------------------
@@ -287,7 +274,7 @@ def run_parts(ctx: e2e.Context, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     texts = [e2e.article_content(row) for row in ctx.articles[:500]]
     attempt(results, "endpoint_ceiling", lambda: endpoint_ceiling(ctx.base_url, texts))
-    attempt(results, "pgai_worker", lambda: pgai_worker(args.pgai_venv))
+    attempt(results, "pgai_worker", lambda: pgai_worker(ctx, args.pgai_venv))
     attempt(results, "copy_baseline", lambda: copy_baseline(ctx))
     attempt(results, "insert_without_index", lambda: e2e.insert_without_index(ctx))
     streaming_with_index(ctx, results)
