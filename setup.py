@@ -63,6 +63,7 @@ def _extensions() -> list[Extension]:
     # Relative paths: mypyc names the modules after them, and setup() runs in this directory.
     os.chdir(HERE)
     paths = [module.replace(".", "/") + ".py" for module in _hot_modules()]
+    _say(f"compiling {len(paths)} modules with mypyc ({PURE_ENV}=1 builds none)")
     try:
         # group_name: one shared runtime library, wal2vec__mypyc, instead of a hashed name.
         return list(mypycify([*MYPY_FLAGS, *paths], opt_level="3", group_name="wal2vec"))
