@@ -15,7 +15,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # pip reads its settings from the environment, so a build behind a private mirror or with no
 # network at all needs no change here: `--build-arg PIP_INDEX_URL=...`, or
 # `--build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/.wheelhouse` with the wheels
-# (`pip wheel --wheel-dir .wheelhouse . setuptools`) in the build context, as CI builds it.
+# (`pip wheel --wheel-dir .wheelhouse . setuptools mypy==2.4.1`, pyproject.toml's build
+# requirements) in the build context, as CI builds it. The hot path is compiled with mypyc
+# where the base image has a C compiler (python:3.11 has; -slim has not, and wal2vec then
+# runs it as pure Python: `WAL2VEC_PURE_PYTHON=1` says so up front, see README.md).
 # Unset unless given, so pip's own defaults apply.
 ARG PIP_INDEX_URL
 ARG PIP_NO_INDEX

@@ -36,12 +36,16 @@ fi
 based="$(now)"
 
 rm -rf .wheelhouse
-# setuptools: the build backend pyproject.toml names, for pip's isolated build of wal2vec.
+# setuptools and mypy (mypyc): what pyproject.toml's build-system requires, for pip's isolated
+# build of wal2vec inside the image (which compiles the hot path where the base has a C
+# compiler, and installs it as pure Python where it has none, as Debian's minbase).
+build_requires="$(python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])')"
+# shellcheck disable=SC2086  # one argument per requirement
 if [ -n "$local_model" ]; then
     python3 -m pip wheel --quiet --wheel-dir .wheelhouse "torch==${torch_version}+cpu" \
-        '.[local]' 'setuptools>=68'
+        '.[local]' $build_requires
 else
-    python3 -m pip wheel --quiet --wheel-dir .wheelhouse . 'setuptools>=68'
+    python3 -m pip wheel --quiet --wheel-dir .wheelhouse . $build_requires
 fi
 wheeled="$(now)"
 
