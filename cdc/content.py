@@ -126,13 +126,15 @@ def make_chunks(text: str, rule: ChunkRule) -> list[Chunk]:
     ]
 
 
-def chunk_tokens(chunks: Sequence[Chunk], tokenizer: Tokenizer) -> list[int]:
+def chunk_tokens(chunks: Sequence[Chunk], tokenizer: Tokenizer, *, exact: bool = True) -> list[int]:
     """Each chunk's token count: the one chunking counted, else counted here, all at once (so
-    no text is tokenized twice)."""
+    no text is tokenized twice). Not `exact`: where the tokenizer has a cheap upper bound,
+    that bound instead of a count (enough to keep requests under a token limit)."""
     uncounted = [i for i, chunk in enumerate(chunks) if chunk.tokens is None]
     counts = [chunk.tokens or 0 for chunk in chunks]
     if uncounted:
-        fresh = tokenizer.count([chunks[i].text for i in uncounted])
+        texts = [chunks[i].text for i in uncounted]
+        fresh = (None if exact else tokenizer.ceilings(texts)) or tokenizer.count(texts)
         for index, count in zip(uncounted, fresh, strict=True):
             counts[index] = count
     return counts

@@ -57,6 +57,10 @@ class Applier:
         self._tokenizer = tokenizer or tokenizer_for(settings)
         self._rules = chunk_rules(settings, self._tokenizer)
         self._known = KnownRows(settings.sink.known_rows)
+        # Requests are planned by a cheap upper bound on each input's tokens (UTF-8 bytes
+        # for tiktoken's encodings): counting them exactly took most of a bulk load's CPU.
+        # A tokens-per-minute budget needs the real counts: a bound would spend it fourfold.
+        self._exact_counts = settings.embedding.tokens_per_minute is not None
 
     def sibling(self, sink: Sink) -> Applier:
         """An applier like this one writing through `sink` (another connection), sharing what
@@ -117,7 +121,9 @@ class Applier:
             return None
         self._metrics.embedding_batch_size.observe(len(works))
         texts = [work.chunk.text for work in works]
-        counts = chunk_tokens([work.chunk for work in works], self._tokenizer)
+        counts = chunk_tokens(
+            [work.chunk for work in works], self._tokenizer, exact=self._exact_counts
+        )
         result = await self._provider.embed(texts, counts)
         self._metrics.embedding_tokens.inc(result.tokens)
         return result

@@ -87,6 +87,9 @@ class ModelEncoder:
         # No cheap bound: a tokenizer may add tokens or split a character into several.
         return False
 
+    def ceilings(self, texts: Sequence[str]) -> None:
+        return None  # as above
+
     def _prepared(self, text: str) -> str:
         """The text as sentence-transformers hands it to the tokenizer."""
         text = text.strip()

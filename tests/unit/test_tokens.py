@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import pytest
 
+from cdc.content import Chunk, chunk_tokens
 from cdc.embedding.tokens import (
     DEFAULT_ENCODING,
     Tokenizer,
@@ -100,3 +102,45 @@ def test_cut_points_land_on_character_starts() -> None:
     assert cut_before(starts, 1, 3) == 4  # nothing between: forward past it
     assert next_start(starts, 0, 4, overlap=2) == 4  # overlap start 2 is mid-character
     assert next_start(starts, 0, 4, overlap=3) == 1
+
+
+def test_ceilings_are_never_below_the_count_and_cost_no_encoding() -> None:
+    texts = [MIXED, "hello world", "", "你好世界" * 50, "🎉" * 30, "The quick brown fox. " * 30]
+    ceilings = TOKENIZER.ceilings(texts)
+    assert ceilings is not None
+    assert all(c >= n for c, n in zip(ceilings, TOKENIZER.count(texts), strict=True))
+    assert ceilings[1] == len(b"hello world")
+
+
+def test_chunk_tokens_uses_ceilings_only_when_exact_counts_are_not_asked_for() -> None:
+    counted = Chunk(0, "hello world", "h", 2)
+    plain = Chunk(0, "The quick brown fox. " * 10, "h", None)
+    assert chunk_tokens([counted, plain], TOKENIZER) == [2, tokens_of(plain.text)]
+    assert chunk_tokens([counted, plain], TOKENIZER, exact=False) == [
+        2,
+        len(plain.text.encode()),
+    ]
+
+
+class _NoCeilings:
+    """An encoder with no cheap bound (like a local model's)."""
+
+    added = 0
+    limit = None
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        return [len(text.split()) for text in texts]
+
+    def measure(self, text: str, size: int) -> tuple[int, None]:
+        return len(text.split()), None
+
+    def fits_uncounted(self, text: str, size: int) -> bool:
+        return False
+
+    def ceilings(self, texts: Sequence[str]) -> None:
+        return None
+
+
+def test_chunk_tokens_counts_when_the_tokenizer_has_no_ceilings() -> None:
+    chunk = Chunk(0, "one two three", "h", None)
+    assert chunk_tokens([chunk], Tokenizer(_NoCeilings()), exact=False) == [3]
