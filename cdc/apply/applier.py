@@ -25,6 +25,7 @@ from cdc.metrics import Metrics
 from cdc.replication.positions import Position
 from cdc.rows import ChunkWork, RowState, SourceKey
 from cdc.sink.progress import ResyncPosition
+from cdc.sink.reads import SinkReads
 from cdc.sink.store import Sink
 from cdc.sink.writer import SinkWrite
 
@@ -38,6 +39,17 @@ class ApplyResult:
     removed: int
     unchanged: int
     dead_letters: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """A batch planned and embedded, ready to be written (`Applier.commit`)."""
+
+    rows: Sequence[RowState]  # the rows planned (those known unchanged left out)
+    write: SinkWrite
+    plan: WritePlan
+    prints: dict[SourceKey, bytes]
+    started: float
 
 
 class Applier:
@@ -57,6 +69,7 @@ class Applier:
         self._tokenizer = tokenizer or tokenizer_for(settings)
         self._rules = chunk_rules(settings, self._tokenizer)
         self._known = KnownRows(settings.sink.known_rows)
+        self._reads = sink.reads
         # Requests are planned by a cheap upper bound on each input's tokens (UTF-8 bytes
         # for tiktoken's encodings): counting them exactly took most of a bulk load's CPU.
         # A tokens-per-minute budget needs the real counts: a bound would spend it fourfold.
@@ -74,6 +87,11 @@ class Applier:
         """Stop trusting what this process remembers the sink holds for `tables`."""
         self._known.forget_tables(tables)
 
+    def looking_up_through(self, reads: SinkReads) -> None:
+        """Read what the sink holds through `reads` (a connection of its own), so a batch can
+        be prepared while this applier's connection writes the one before it."""
+        self._reads = reads
+
     async def apply(
         self,
         truncated: Sequence[str],
@@ -85,8 +103,22 @@ class Applier:
     ) -> ApplyResult:
         """Embed and write `rows`; `writer`: which parallel writer's share of a batch this
         is, whose position `checkpoint` is (None: the whole batch)."""
+        prepared = await self.prepare(truncated, rows, checkpoint, positions, writer=writer)
+        return await self.commit(prepared)
+
+    async def prepare(
+        self,
+        truncated: Sequence[str],
+        rows: Sequence[RowState],
+        checkpoint: Position | None,
+        positions: Sequence[ResyncPosition] = (),
+        *,
+        writer: int | None = None,
+    ) -> PreparedWrite:
+        """Everything before the write: what the sink holds, the plan, the embeddings."""
         started = time.monotonic()
-        self._metrics.batch_rows.observe(len(rows))
+        if writer is None:  # a parallel writer's share is counted with its whole batch
+            self._metrics.batch_rows.observe(len(rows))
         prints = {row.key: fingerprint(row, self._model) for row in rows if not row.deleted}
         # Rows whose committed state this process already knows need no sink lookup at all.
         known = [r for r in rows if not r.deleted and self._known.unchanged(r.key, prints[r.key])]
@@ -95,7 +127,7 @@ class Applier:
             known_keys = {row.key for row in known}
             rows = [row for row in rows if row.key not in known_keys]
         live = [row for row in rows if not row.deleted]
-        stored = await self._sink.reads.stored_chunks(live) if live else {}
+        stored = await self._reads.stored_chunks(live) if live else {}
         plan = plan_writes(rows, stored, self._model, self._rules)
         result = await self._embed(plan.to_embed)
         write = settle(
@@ -103,11 +135,17 @@ class Applier:
         )
         write.writer = writer
         self._log_rejections(write)
-        await self._sink.writer.write(write)
-        self._remember(rows, write, prints)
         plan.unchanged.update(skipped)
+        return PreparedWrite(rows, write, plan, prints, started)
+
+    async def commit(self, prepared: PreparedWrite) -> ApplyResult:
+        """Write what `prepare` made ready, with its checkpoint, in one transaction."""
+        write, plan = prepared.write, prepared.plan
+        await self._sink.writer.write(write)
+        self._remember(prepared.rows, write, prepared.prints)
         self._count(plan, write)
-        self._metrics.flush_seconds.observe(time.monotonic() - started)
+        if write.writer is None:
+            self._metrics.flush_seconds.observe(time.monotonic() - prepared.started)
         return ApplyResult(
             embedded=len(write.upserts),
             written=len(write.upserts) + len(write.metadata_only),

@@ -304,7 +304,7 @@ async def _session(job: _Job, leader: str | None) -> None:
         # The positions a previous session's writers stored (a new snapshot cleared them).
         stored = parts.state.writers if parts.state.snapshot_done else None
         await parts.sink.use_writers(checkpoint, stored)
-        writers = WriterPool(await _writer_appliers(stack, parts), stored)
+        writers = WriterPool(await _writer_appliers(stack, parts), metrics, stored)
         tables = {t.name: t for t in parts.tables}
         resyncs = ResyncWorker(
             settings,
@@ -333,13 +333,20 @@ async def _session(job: _Job, leader: str | None) -> None:
 
 async def _writer_appliers(stack: AsyncExitStack, parts: Parts) -> list[Applier]:
     """The session's applier and, for `sink.writers` > 1, one more per writer, each on a sink
-    connection of its own, in the same term (`Sink.sibling`)."""
+    connection of its own, in the same term (`Sink.sibling`). Each reads what the sink holds
+    through one more connection, so the next batch is prepared while one is written."""
     appliers = [parts.applier]
     for _ in range(parts.settings.sink.writers - 1):
-        conn = await connect(parts.settings.sink_dsn, "sink")
-        stack.push_async_callback(conn.close)
-        appliers.append(parts.applier.sibling(await parts.sink.sibling(conn)))
+        appliers.append(parts.applier.sibling(await _sink_sibling(stack, parts)))
+    for applier in appliers:
+        applier.looking_up_through((await _sink_sibling(stack, parts)).reads)
     return appliers
+
+
+async def _sink_sibling(stack: AsyncExitStack, parts: Parts) -> Sink:
+    conn = await connect(parts.settings.sink_dsn, "sink")
+    stack.push_async_callback(conn.close)
+    return await parts.sink.sibling(conn)
 
 
 def _check_model(settings: Settings, state: SinkState) -> None:
