@@ -14,7 +14,9 @@ c. b's figure against pgai's vectorizer worker on the same rows (batch 500, conc
    "not installed";
 d. non-content updates through the pipeline, against `pg_recvlogical` reading the same WAL to
    /dev/null;
-e. commit -> vector for a single row on an idle streamer, one row at a time: p50, p95.
+e. commit -> vector for a single row on an idle streamer, one row at a time: p50, p95;
+
+and rows a and b again with `sink.writers` 2 and 4 (`sink_writers`).
 
     python bench/throughput.py --quick      # 1,000 rows, 20,000 updates: ~1.5 minutes
     python bench/throughput.py              # 5,000 rows, 200,000 updates: ~4 minutes on 2 CPUs
@@ -219,6 +221,10 @@ def table(results: dict[str, Any]) -> dict[str, Any]:
             "reference": "pgai's vectorizer worker",
             "pgai": pgai,
             "ratio": ratio(insert_plain, pgai.get("rows_per_s")),
+            "ratio_by_sink_writers": {
+                writers: ratio(run["rows_per_s"], pgai.get("rows_per_s"))
+                for writers, run in by_writers(results, "insert_without_index", None).items()
+            },
             "aim": ">= 10x",
         },
         "d_non_content_updates": {
