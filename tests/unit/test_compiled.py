@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import cdc
 from cdc.hotpath import HOT_MODULES, compiled_modules
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +40,13 @@ HOT_TESTS = (
 
 
 def built_compiled() -> bool:
-    """Whether this checkout's build compiled anything (the shared runtime library is there)."""
-    return importlib.util.find_spec(RUNTIME_LIBRARY) is not None
+    """Whether the build of the `cdc` imported here compiled anything: the shared runtime
+    library sits beside the package (in place for an editable install, in site-packages for
+    a wheel). One found elsewhere on the path belongs to another checkout."""
+    spec = importlib.util.find_spec(RUNTIME_LIBRARY)
+    if spec is None or spec.origin is None:
+        return False
+    return Path(spec.origin).parent == Path(cdc.__file__).resolve().parent.parent
 
 
 def pure_copy(destination: Path) -> Path:
