@@ -4,6 +4,8 @@ and the `cdc` processes it started, all stopped at teardown."""
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +86,11 @@ def deployment(
     (see `tests.backends.deployment_on`)."""
     with deployment_on(backend, endpoint.url, tmp_path) as dep:
         yield dep
+
+
+@pytest.fixture
+def seed() -> int:
+    """A random seed for a test's random choices, printed so WAL2VEC_SEED=N replays it."""
+    value = int(os.environ.get("WAL2VEC_SEED") or random.randrange(2**32))
+    print(f"WAL2VEC_SEED={value}")  # shown with a failure's captured output
+    return value

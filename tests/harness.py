@@ -502,6 +502,14 @@ def assert_in_step(
     return len(expected)
 
 
+def ends_in_step(deployment: Deployment, process: CdcProcess) -> None:
+    """Caught up, in step, nothing dead-lettered, and a clean stop."""
+    deployment.wait_caught_up()
+    assert assert_in_step(deployment) > 0
+    assert deployment.dead_letters() == []
+    assert process.stop() == 0, process.output
+
+
 _SEED_COLUMNS = "source_table, source_id, chunk, content, content_hash, model, embedding"
 _SEED_ROWS = (
     "SELECT 'public.articles', id::text, 0, c, encode(sha256(convert_to(c, 'UTF8')), 'hex'), "

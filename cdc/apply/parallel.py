@@ -66,15 +66,6 @@ class WriterPool:
     def size(self) -> int:
         return len(self._appliers)
 
-    async def apply(
-        self,
-        truncated: Sequence[str],
-        rows: Sequence[RowState],
-        checkpoint: Position | None,
-        positions: Sequence[ResyncPosition] = (),
-    ) -> ApplyResult:
-        return await self.commit(await self.prepare(truncated, rows, checkpoint, positions))
-
     async def prepare(
         self,
         truncated: Sequence[str],

@@ -30,7 +30,14 @@ import pytest
 from tests import pg15
 from tests.backends import PG18, Backend, deployment_on, every_backend
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.harness import CdcProcess, Deployment, Workload, assert_in_step, wait_until
+from tests.harness import (
+    CdcProcess,
+    Deployment,
+    Workload,
+    assert_in_step,
+    ends_in_step,
+    wait_until,
+)
 from tests.pg import PgServer, start_server
 
 pytestmark = every_backend
@@ -40,13 +47,6 @@ KILLS = 20 if SOAK else 3
 OUTAGE_SECONDS = 60.0 if SOAK else 4.0
 # Injected failures "until reset()": far more requests than an outage sees.
 UNTIL_RESET = 10_000
-
-
-@pytest.fixture
-def seed() -> int:
-    value = int(os.environ.get("WAL2VEC_SEED") or random.randrange(2**32))
-    print(f"WAL2VEC_SEED={value}")  # shown with a failure's captured output
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +82,6 @@ def own_deployment(
     """The `deployment` fixture's setup, on this module's own source server."""
     with deployment_on(own_backend, endpoint.url, tmp_path) as dep:
         yield dep
-
-
-def ends_in_step(deployment: Deployment, process: CdcProcess) -> None:
-    """Caught up, in step, nothing dead-lettered, and a clean stop."""
-    deployment.wait_caught_up()
-    assert assert_in_step(deployment) > 0
-    assert deployment.dead_letters() == []
-    assert process.stop() == 0, process.output
 
 
 def writes_after(workload: Workload, count: int = 20) -> None:

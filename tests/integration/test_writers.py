@@ -12,14 +12,12 @@ each committing with its own position; kill -9 anywhere loses nothing and leaves
 from __future__ import annotations
 
 import json
-import os
 import random
 from functools import partial
 from typing import Any
 
-import pytest
-
 from cdc.partitions import partition_of
+from cdc.replication.lsn import Lsn
 from tests.fakes.openai_server import FakeOpenAIServer, embed_text
 from tests.harness import (
     DIMENSIONS,
@@ -28,6 +26,7 @@ from tests.harness import (
     Deployment,
     Workload,
     assert_in_step,
+    ends_in_step,
     free_port,
     scrape,
     wait_until,
@@ -37,31 +36,12 @@ TABLE = "public.articles"
 KILLS = 3
 
 
-@pytest.fixture
-def seed() -> int:
-    value = int(os.environ.get("WAL2VEC_SEED") or random.randrange(2**32))
-    print(f"WAL2VEC_SEED={value}")  # shown with a failure's captured output
-    return value
-
-
 def writer_positions(deployment: Deployment) -> list[Any] | None:
     with deployment.connect_sink() as conn:
         row = conn.execute(
             "SELECT writer_positions FROM cdc_state WHERE slot = %s", (deployment.slot,)
         ).fetchone()
     return None if row is None else row[0]
-
-
-def lsn_value(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def ends_in_step(deployment: Deployment, process: CdcProcess) -> None:
-    deployment.wait_caught_up()
-    assert assert_in_step(deployment) > 0
-    assert deployment.dead_letters() == []
-    assert process.stop() == 0, process.output
 
 
 def ids_of_writer(writer: int, writers: int, count: int, start: int = 1) -> list[int]:
@@ -150,7 +130,7 @@ def first_apart(deployment: Deployment) -> bool:
     positions = writer_positions(deployment)
     if not positions:
         return False
-    return lsn_value(positions[0][0]) > lsn_value(positions[1][0])
+    return Lsn.parse(positions[0][0]) > Lsn.parse(positions[1][0])
 
 
 def test_a_large_transaction_applied_in_parts_by_two_writers_survives_kill_9(
